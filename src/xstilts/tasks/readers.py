@@ -1,0 +1,162 @@
+"""Read one split of a task, in one language, into `Example`s (local files or the Hugging Face Hub)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from xstilts.errors import XstiltsError
+from xstilts.tasks.spec import Example, HubSource, LocalSource, TaskSpec
+
+csv.field_size_limit(1 << 30)
+
+
+@dataclass
+class SplitData:
+    """The examples of one task/split/language, with provenance for the manifest."""
+
+    task: str
+    split: str
+    language: str
+    examples: list[Example]
+    source: str
+    sha256: str | None = None
+    skipped_unlabelled: int = 0
+    labels: list[str] = field(default_factory=list)
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _rows(path: Path, source: LocalSource) -> Iterator[tuple[int, Any]]:
+    """Yield (1-based row number in the file, raw row) for each record of a local file."""
+    if source.format in ("tsv", "csv"):
+        with open(path, encoding="utf-8", newline="") as handle:
+            if source.format == "tsv":
+                reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+            else:
+                reader = csv.reader(handle)
+            header: list[str] | None = None
+            for number, row in enumerate(reader, start=1):
+                if not row:
+                    continue
+                if source.header and header is None:
+                    header = row
+                    continue
+                yield number, (dict(zip(header, row)) if header else row, len(header) if header else None)
+    elif source.format == "jsonl":
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if line.strip():
+                    try:
+                        yield number, (json.loads(line), None)
+                    except json.JSONDecodeError as error:
+                        raise XstiltsError(f"{path}:{number}: invalid JSON ({error.msg})") from None
+    else:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise XstiltsError(f"{path}:{error.lineno}: invalid JSON ({error.msg})") from None
+        records = data.values() if isinstance(data, dict) else data
+        for number, record in enumerate(records, start=1):
+            yield number, (record, None)
+
+
+def _field(path: Path, number: int, row: Any, width: int | None, column: str | int) -> str:
+    """One field of a raw row; a missing column is an error naming file and row."""
+    if isinstance(row, list):
+        if not isinstance(column, int):
+            raise XstiltsError(f"{path}: column {column!r} must be an index for a file without header")
+        if column >= len(row):
+            raise XstiltsError(f"{path}:{number}: expected at least {column + 1} columns, found {len(row)}")
+        return row[column]
+    if isinstance(row, dict) and width is not None and len(row) < width:
+        raise XstiltsError(f"{path}:{number}: expected {width} columns, found {len(row)}")
+    if not isinstance(row, dict) or column not in row:
+        raise XstiltsError(f"{path}:{number}: missing field {column!r}")
+    return row[column]
+
+
+def _to_example(
+    spec: TaskSpec, label_map: dict[str, str], columns: dict, where: str, fields: dict[str, Any]
+) -> Example | None:
+    """Map raw fields to an Example; None for an unlabelled row (a label in `skip_labels`)."""
+    raw_label = str(fields["label"])
+    if raw_label in spec.skip_labels:
+        return None
+    label = label_map.get(raw_label, raw_label)
+    if label not in spec.labels:
+        raise XstiltsError(f"{where}: unknown label {raw_label!r} (expected one of {', '.join(spec.labels)})")
+    text_b = fields.get("text_b") if "text_b" in columns else None
+    return Example(text_a=str(fields["text_a"]), text_b=None if text_b is None else str(text_b), label=spec.labels.index(label))
+
+
+def read_local(spec: TaskSpec, split: str, language: str, data_dir: Path) -> SplitData:
+    """Read a split from the task's local files under `data_dir`."""
+    source = spec.local
+    assert source is not None
+    if split not in source.files:
+        raise XstiltsError(f"task {spec.name!r} has no local split {split!r} (has {', '.join(source.files)})")
+    path = data_dir / source.files[split].format(language=language)
+    if not path.is_file():
+        raise XstiltsError(f"{path}: file not found (task {spec.name!r}, split {split!r}, language {language!r})")
+    if path.stat().st_size == 0:
+        raise XstiltsError(f"{path}: empty file")
+    examples, skipped = [], 0
+    for number, (row, width) in _rows(path, source):
+        fields = {name: _field(path, number, row, width, column) for name, column in source.columns.items()}
+        example = _to_example(spec, source.label_map, source.columns, f"{path}:{number}", fields)
+        if example is None:
+            skipped += 1
+        else:
+            examples.append(example)
+    if not examples:
+        raise XstiltsError(f"{path}: no labelled examples")
+    return SplitData(spec.name, split, language, examples, str(path), file_sha256(path), skipped, spec.labels)
+
+
+def read_hub(spec: TaskSpec, split: str, language: str) -> SplitData:
+    """Read a split from the Hugging Face Hub with `datasets` (needs internet or a warm HF cache)."""
+    import datasets
+
+    source: HubSource | None = spec.hub
+    if source is None:
+        raise XstiltsError(f"task {spec.name!r} has no Hub source; pass --data-dir for its local files")
+    if split not in source.splits:
+        raise XstiltsError(f"task {spec.name!r} has no Hub split {split!r}")
+    name = source.name.format(language=language) if source.name else None
+    dataset = datasets.load_dataset(source.path, name, split=source.splits[split])
+    where = f"hub:{source.path}/{name or ''}/{source.splits[split]}"
+    examples, skipped = [], 0
+    for number, record in enumerate(dataset, start=1):
+        fields = {key: record[column] for key, column in source.columns.items()}
+        example = _to_example(spec, source.label_map, source.columns, f"{where}:{number}", fields)
+        if example is None:
+            skipped += 1
+        else:
+            examples.append(example)
+    fingerprint = getattr(dataset, "_fingerprint", None)
+    return SplitData(spec.name, split, language, examples, where, fingerprint, skipped, spec.labels)
+
+
+def read_split(spec: TaskSpec, split: str, language: str, data_dir: Path | None) -> SplitData:
+    """Read a split, from local files when the task has them and a data directory is set, else from the Hub."""
+    if language not in spec.languages:
+        raise XstiltsError(f"task {spec.name!r} has no language {language!r} (has {', '.join(spec.languages)})")
+    if spec.local is not None and data_dir is not None:
+        return read_local(spec, split, language, data_dir)
+    if spec.hub is not None:
+        return read_hub(spec, split, language)
+    raise XstiltsError(
+        f"task {spec.name!r} reads local files: set --data-dir or XSTILTS_DATA_DIR to the data folder"
+    )

@@ -1,0 +1,79 @@
+"""Find task specs: the built-in YAML files plus any user folders, by task name."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from xstilts.errors import XstiltsError
+from xstilts.tasks.spec import TaskSpec
+
+BUILTIN_DIR = Path(__file__).parent / "builtin"
+
+
+def validation_message(where: Path | str, error: ValidationError) -> str:
+    """One line naming the file and the first offending key of a pydantic validation error."""
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"{where}: unknown key {key!r}"
+    return f"{where}: key {key!r}: {first['msg']}"
+
+
+def load_yaml(path: Path) -> dict:
+    """Parse a YAML mapping; errors name the file."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise XstiltsError(f"{path}: file not found") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise XstiltsError(f"{path}{line}: invalid YAML ({getattr(error, 'problem', error)})") from None
+    if not isinstance(data, dict):
+        raise XstiltsError(f"{path}: expected a YAML mapping at the top level")
+    return data
+
+
+def load_task_file(path: Path) -> TaskSpec:
+    """Read and validate one task YAML file."""
+    data = load_yaml(path)
+    try:
+        return TaskSpec(**data)
+    except ValidationError as error:
+        raise XstiltsError(validation_message(path, error)) from None
+
+
+@dataclass
+class TaskRegistry:
+    """Task specs by name; later folders override earlier ones (user tasks override built-ins)."""
+
+    tasks: dict[str, TaskSpec]
+
+    def get(self, name: str) -> TaskSpec:
+        """The spec of a task; an unknown name is an error suggesting the closest known one."""
+        if name in self.tasks:
+            return self.tasks[name]
+        close = difflib.get_close_matches(name, self.tasks, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise XstiltsError(f"unknown task {name!r}{hint}; known tasks: {', '.join(sorted(self.tasks))}")
+
+
+def load_registry(extra_dirs: list[Path] | None = None) -> TaskRegistry:
+    """Built-in tasks, then `$XSTILTS_TASK_DIRS` (os.pathsep-separated), then `extra_dirs`."""
+    folders = [BUILTIN_DIR]
+    folders += [Path(p) for p in os.environ.get("XSTILTS_TASK_DIRS", "").split(os.pathsep) if p]
+    folders += list(extra_dirs or [])
+    tasks: dict[str, TaskSpec] = {}
+    for folder in folders:
+        if not folder.is_dir():
+            raise XstiltsError(f"{folder}: task folder not found")
+        for path in sorted(folder.glob("*.yaml")):
+            spec = load_task_file(path)
+            tasks[spec.name] = spec
+    return TaskRegistry(tasks)

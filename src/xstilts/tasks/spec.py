@@ -1,0 +1,75 @@
+"""Task specifications: what a data set is, where its files are and how to read its fields."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+SplitName = Literal["train", "dev", "test"]
+
+
+class StrictModel(BaseModel):
+    """Base for every config model: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LocalSource(StrictModel):
+    """Files on disk, relative to the data directory; `{language}` is filled per language."""
+
+    format: Literal["tsv", "csv", "json", "jsonl"]
+    files: dict[SplitName, str]
+    header: bool = True
+    columns: dict[str, str | int]
+    label_map: dict[str, str] = Field(default_factory=dict)
+
+
+class HubSource(StrictModel):
+    """A Hugging Face Hub data set; `{language}` in `name` is filled per language."""
+
+    path: str
+    name: str | None = None
+    splits: dict[SplitName, str]
+    columns: dict[str, str]
+    label_map: dict[str, str] = Field(default_factory=dict)
+
+
+class TaskSpec(StrictModel):
+    """A task: its type, label set, languages and sources (local files and/or the Hub)."""
+
+    name: str
+    type: Literal["classification"] = "classification"
+    description: str = ""
+    labels: list[str]
+    languages: list[str] = Field(default_factory=lambda: ["en"])
+    skip_labels: list[str] = Field(default_factory=list)
+    local: LocalSource | None = None
+    hub: HubSource | None = None
+
+    @model_validator(mode="after")
+    def _has_source(self) -> TaskSpec:
+        if self.local is None and self.hub is None:
+            raise ValueError("a task needs a `local` or a `hub` source")
+        for source in (self.local, self.hub):
+            if source is not None and "text_a" not in source.columns:
+                raise ValueError("columns must map at least `text_a` and `label`")
+            if source is not None and "label" not in source.columns:
+                raise ValueError("columns must map at least `text_a` and `label`")
+        return self
+
+    @property
+    def splits(self) -> list[str]:
+        """Splits available from the local source (else the Hub source)."""
+        source = self.local or self.hub
+        return list(source.files if self.local else source.splits)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One labelled example: a text or a text pair and the index of its label."""
+
+    text_a: str
+    text_b: str | None
+    label: int
