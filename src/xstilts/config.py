@@ -1,0 +1,100 @@
+"""Run configuration: strict pydantic models loaded from YAML (an unknown key is an error naming it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, model_validator
+
+from xstilts.errors import XstiltsError
+from xstilts.tasks.registry import load_yaml, validation_message
+from xstilts.tasks.spec import SplitName, StrictModel
+
+
+class TaskData(StrictModel):
+    """Which rows of a task to use: split, languages (default: all) and an optional cap."""
+
+    task: str
+    split: SplitName = "train"
+    languages: list[str] | None = None
+    max_examples: int | None = Field(default=None, gt=0)
+
+
+class EvalData(TaskData):
+    """An evaluation set; scored with the target task's head (the MNLI head scores every XNLI language)."""
+
+    split: SplitName = "test"
+
+
+class TrainConfig(StrictModel):
+    """Optimisation settings of one training phase."""
+
+    epochs: float = Field(default=3.0, gt=0)
+    max_steps: int | None = Field(default=None, gt=0)
+    lr: float = Field(default=5e-5, gt=0)
+    batch_size: int = Field(default=32, gt=0)
+    grad_accumulation: int = Field(default=1, gt=0)
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    weight_decay: float = Field(default=0.01, ge=0)
+    max_grad_norm: float | None = Field(default=1.0, gt=0)
+    eval_every: int | None = Field(default=None, gt=0, description="steps; default: once per epoch")
+    patience: int | None = Field(default=None, gt=0, description="stop after N evaluations without gain")
+    select_best: bool = True
+    checkpoint_every: int = Field(default=200, gt=0)
+    dropout: float | None = Field(default=None, ge=0, lt=1)
+
+
+class IntermediateConfig(StrictModel):
+    """The intermediate phase: one task, or several trained together with sampled batches."""
+
+    tasks: list[TaskData] = Field(min_length=1)
+    sampling: Literal["proportional", "temperature", "uniform"] = "proportional"
+    temperature: float = Field(default=2.0, gt=0)
+    train: TrainConfig = TrainConfig()
+
+
+class TargetConfig(StrictModel):
+    """The target phase (English training data) and what it takes over from the intermediate phase.
+
+    carry = "encoder": only the encoder is carried over; the target head starts fresh (X-STILTs default).
+    carry = "encoder_and_head": the head of the intermediate task with the same label set is carried too.
+    """
+
+    task: TaskData
+    carry: Literal["encoder", "encoder_and_head"] = "encoder"
+    train: TrainConfig = TrainConfig()
+
+
+class RunConfig(StrictModel):
+    """One X-STILTs run: base model -> [intermediate] -> target -> zero-shot evaluation."""
+
+    name: str = "run"
+    model: str = "embedded"
+    seed: int = 13
+    max_length: int = Field(default=128, ge=8)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    data_dir: str | None = None
+    task_dirs: list[str] = Field(default_factory=list)
+    intermediate: IntermediateConfig | None = None
+    target: TargetConfig
+    evaluate: list[EvalData] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _carry_needs_intermediate(self) -> RunConfig:
+        if self.target.carry == "encoder_and_head" and self.intermediate is None:
+            raise ValueError("carry 'encoder_and_head' needs an intermediate phase")
+        return self
+
+
+def parse_config(data: dict, where: str | Path) -> RunConfig:
+    """Validate a config mapping; errors are one line naming the source and key."""
+    try:
+        return RunConfig(**data)
+    except ValidationError as error:
+        raise XstiltsError(validation_message(where, error)) from None
+
+
+def load_config(path: Path) -> RunConfig:
+    """Load and validate a run config YAML file."""
+    return parse_config(load_yaml(path), path)

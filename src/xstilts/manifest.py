@@ -1,0 +1,56 @@
+"""Provenance of a run: code version, library versions, data checksums, peak memory."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+LIBRARIES = ("xstilts", "torch", "transformers", "tokenizers", "safetensors", "datasets", "numpy", "pydantic")
+
+
+def code_version() -> dict:
+    """The git commit (and whether the tree had uncommitted changes) of the xstilts source, if in a checkout."""
+    source = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=source,
+                                    capture_output=True, text=True, check=True).stdout.strip())
+        return {"git_commit": commit, "dirty": dirty}
+    except (OSError, subprocess.CalledProcessError):
+        return {"git_commit": None, "dirty": None}
+
+
+def library_versions() -> dict[str, str | None]:
+    """Installed versions of the libraries a result depends on."""
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def environment() -> dict:
+    """Code version, libraries, host facts and the command line."""
+    return {"code": code_version(), "libraries": library_versions(), "platform": platform.platform(),
+            "cpu_count": os.cpu_count(), "argv": sys.argv}
+
+
+def write_json(path: Path, data: object) -> None:
+    """Write JSON atomically (temp file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False, default=str))
+    os.replace(tmp, path)

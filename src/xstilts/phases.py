@@ -1,0 +1,198 @@
+"""The phases of the protocol as skip/resume/start units: a phase directory holding `DONE` is finished;
+one holding a checkpoint resumes; otherwise it starts. `DONE` is written last, atomically."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from xstilts.config import EvalData, TaskData, TrainConfig
+from xstilts.embedded_model import resolve_model
+from xstilts.errors import XstiltsError
+from xstilts.evaluation import accuracy, predict
+from xstilts.features import Features, tokenize
+from xstilts.manifest import peak_rss_mb, write_json
+from xstilts.model import HEADS_FILE, MultiHeadModel, load_checkpoint, load_encoder, load_trained
+from xstilts.precision import pick_device, resolve_precision
+from xstilts.tasks.readers import SplitData, read_split
+from xstilts.tasks.registry import TaskRegistry
+from xstilts.vocab import VocabTrim
+from xstilts.training import BEST_DIR, CHECKPOINT_DIR, TrainTask, train_phase
+
+DONE_FILE = "DONE"
+RESULT_FILE = "result.json"
+
+
+@dataclass
+class Context:
+    """What every phase of a run shares: model, tokenizer, tasks, data folder, device and precision."""
+
+    model: str
+    registry: TaskRegistry
+    data_dir: Path | None
+    max_length: int
+    precision: str
+    device: torch.device
+    tokenizer: PreTrainedTokenizerBase
+    trim_vocab: bool = True
+    _splits: dict = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, model: str, registry: TaskRegistry, data_dir: Path | None, max_length: int, precision: str) -> Context:
+        """Resolve the model (converting the embedded one on first use) and load its tokenizer."""
+        path = resolve_model(model)
+        device = pick_device()
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        return cls(path, registry, data_dir, max_length, resolve_precision(precision, device), device, tokenizer)
+
+    def split(self, task: str, split: str, language: str) -> tuple[SplitData, Features]:
+        """Rows of one task/split/language, read and tokenized once per context."""
+        key = (task, split, language)
+        if key not in self._splits:
+            data = read_split(self.registry.get(task), split, language, self.data_dir)
+            self._splits[key] = (data, tokenize(data.examples, self.tokenizer, self.max_length))
+        return self._splits[key]
+
+    def rows(self, data: TaskData, seed: int, split: str | None = None) -> tuple[Features, list[SplitData]]:
+        """All languages of a task's split, concatenated, capped at `max_examples` (a per-seed subsample)."""
+        spec = self.registry.get(data.task)
+        parts = [self.split(data.task, split or data.split, lang) for lang in data.languages or spec.languages]
+        features = Features(
+            [ids for _, f in parts for ids in f.input_ids],
+            None if any(f.token_type_ids is None for _, f in parts) else [t for _, f in parts for t in f.token_type_ids],
+            np.concatenate([f.labels for _, f in parts]),
+        )
+        if data.max_examples and data.max_examples < len(features):
+            chosen = np.sort(np.random.default_rng([seed, 104729]).choice(len(features), data.max_examples, replace=False))
+            features = features.subset(chosen)
+        return features, [split_data for split_data, _ in parts]
+
+
+def is_done(directory: Path) -> bool:
+    """Whether a phase directory holds a finished result."""
+    return (directory / DONE_FILE).exists()
+
+
+def _finish(directory: Path, result: dict) -> dict:
+    """Write the result, then the DONE marker (last, atomically)."""
+    write_json(directory / RESULT_FILE, result)
+    tmp = directory / (DONE_FILE + ".tmp")
+    tmp.write_text(time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    os.replace(tmp, directory / DONE_FILE)
+    return result
+
+
+def _provenance(splits: list[SplitData]) -> list[dict]:
+    return [{"task": s.task, "split": s.split, "language": s.language, "source": s.source, "sha256": s.sha256,
+             "examples": len(s.examples), "skipped_unlabelled": s.skipped_unlabelled} for s in splits]
+
+
+def _carried_heads(parent: Path, heads: dict[str, list[str]]) -> dict[str, str]:
+    """For carry 'encoder_and_head': new head -> the parent's head with the same label list."""
+    saved = json.loads((parent / HEADS_FILE).read_text())
+    carried = {}
+    for name, labels in heads.items():
+        matches = [old for old, old_labels in saved.items() if old_labels == labels]
+        if len(matches) != 1:
+            raise XstiltsError(
+                f"carry 'encoder_and_head': head {name!r} needs exactly one intermediate head with labels {labels}, "
+                f"found {matches or 'none'}"
+            )
+        carried[name] = matches[0]
+    return carried
+
+
+def train_node(ctx: Context, out_dir: Path, *, tasks: list[TaskData], train: TrainConfig, seed: int,
+               parent: Path | None = None, carry: str = "encoder", sampling: str = "proportional",
+               temperature: float = 2.0, description: str = "train") -> dict:
+    """Train a head per task (on top of `parent`'s encoder when given); the selected model is saved in out_dir."""
+    if is_done(out_dir):
+        return _read_result(out_dir)
+    heads = {data.task: ctx.registry.get(data.task).labels for data in tasks}
+    torch.manual_seed(seed)
+    if parent is None:
+        model = MultiHeadModel(load_encoder(ctx.model, train.dropout), heads, train.dropout)
+    else:
+        carried = _carried_heads(parent, heads) if carry == "encoder_and_head" else {}
+        model = load_checkpoint(ctx.model, parent, heads, carried, train.dropout)
+    train_tasks, provenance = [], []
+    for data in tasks:
+        features, splits = ctx.rows(data, seed)
+        dev = None
+        if "dev" in ctx.registry.get(data.task).splits and data.split != "dev":
+            dev, dev_splits = ctx.rows(data.model_copy(update={"max_examples": None}), seed, split="dev")
+            splits += dev_splits
+        train_tasks.append(TrainTask(data.task, features, dev))
+        provenance += _provenance(splits)
+    started = time.perf_counter()
+    pad_id = ctx.tokenizer.pad_token_id
+    trim = None
+    if ctx.trim_vocab:
+        everything = [t.train for t in train_tasks] + [t.dev for t in train_tasks if t.dev is not None]
+        trim = VocabTrim.from_features(everything, model.encoder.config.vocab_size, ctx.tokenizer.all_special_ids)
+        train_tasks = [TrainTask(t.head, trim.remap(t.train), t.dev and trim.remap(t.dev)) for t in train_tasks]
+        full_embeddings, pad_id = trim.shrink(model), int(trim.full_to_trimmed[pad_id])
+    metrics = train_phase(model, train_tasks, train, out_dir, seed=seed, pad_id=pad_id,
+                          precision=ctx.precision, device=ctx.device, sampling=sampling, temperature=temperature,
+                          description=description)
+    if trim is not None:
+        trim.expand(model, full_embeddings)
+        metrics["trained_vocabulary"] = len(trim.kept)
+    model.save(out_dir)
+    for leftover in (CHECKPOINT_DIR, BEST_DIR):
+        shutil.rmtree(out_dir / leftover, ignore_errors=True)
+    return _finish(out_dir, {
+        "kind": "train", "tasks": [d.model_dump() for d in tasks], "train_examples": {t.head: len(t.train) for t in train_tasks},
+        "seed": seed, "precision": ctx.precision, "data": provenance, "metrics": metrics,
+        "seconds": round(time.perf_counter() - started, 2), "peak_rss_mb": round(peak_rss_mb(), 1),
+    })
+
+
+def eval_node(ctx: Context, out_dir: Path, *, trained: Path, head: str, data: EvalData, seed: int = 0) -> dict:
+    """Score every language of an evaluation set with one head; writes per-example predictions."""
+    if is_done(out_dir):
+        return _read_result(out_dir)
+    spec = ctx.registry.get(data.task)
+    model = load_trained(ctx.model, trained).to(ctx.device)
+    if model.labels[head] != spec.labels:
+        raise XstiltsError(f"task {data.task!r} has labels {spec.labels}, head {head!r} has {model.labels[head]}")
+    started = time.perf_counter()
+    languages, provenance = {}, []
+    for language in data.languages or spec.languages:
+        features, splits = ctx.rows(data.model_copy(update={"languages": [language]}), seed)
+        predictions = predict(model, head, features, ctx.tokenizer.pad_token_id, ctx.precision, ctx.device)
+        _write_predictions(out_dir / "predictions" / f"{language}.csv", features.labels, predictions, spec.labels)
+        languages[language] = {"accuracy": accuracy(predictions, features.labels), "n": len(features)}
+        provenance += _provenance(splits)
+        print(f"eval {data.task}/{data.split} {language}: {languages[language]['accuracy']:.4f} (n={len(features)})",
+              file=sys.stderr)
+    average = float(np.mean([value["accuracy"] for value in languages.values()]))
+    return _finish(out_dir, {
+        "kind": "eval", "task": data.task, "split": data.split, "head": head, "languages": languages,
+        "average": average, "data": provenance, "seconds": round(time.perf_counter() - started, 2),
+        "pairs_per_second": round(sum(v["n"] for v in languages.values()) / (time.perf_counter() - started), 1),
+    })
+
+
+def _write_predictions(path: Path, labels: np.ndarray, predictions: np.ndarray, names: list[str]) -> None:
+    """Per-example predictions: row index, gold label, predicted label, correct (0/1)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["index", "label", "prediction", "correct"])
+        for index, (gold, predicted) in enumerate(zip(labels, predictions)):
+            writer.writerow([index, names[gold], names[predicted], int(gold == predicted)])
+
+
+def _read_result(directory: Path) -> dict:
+    return json.loads((directory / RESULT_FILE).read_text())

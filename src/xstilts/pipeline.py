@@ -1,0 +1,93 @@
+"""`xstilts run`: base model -> [intermediate] -> target -> zero-shot evaluation, in one run directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from xstilts.config import RunConfig
+from xstilts.errors import XstiltsError
+from xstilts.manifest import environment, peak_rss_mb, write_json
+from xstilts.phases import Context, eval_node, train_node
+from xstilts.tasks.registry import load_registry
+
+
+def resolve_data_dir(configured: str | None) -> Path | None:
+    """The data folder: the config's or --data-dir, else $XSTILTS_DATA_DIR, else None (Hub sources)."""
+    value = configured or os.environ.get("XSTILTS_DATA_DIR")
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise XstiltsError(f"{path}: data folder not found")
+    return path
+
+
+def make_context(config: RunConfig) -> Context:
+    """The shared context of a run: task registry (built-in + config folders), data folder, model."""
+    registry = load_registry([Path(p) for p in config.task_dirs])
+    tasks = [config.target.task.task] + [e.task for e in config.evaluate]
+    tasks += [t.task for t in config.intermediate.tasks] if config.intermediate else []
+    for name in tasks:
+        registry.get(name)
+    return Context.create(config.model, registry, resolve_data_dir(config.data_dir), config.max_length, config.precision)
+
+
+def run(config: RunConfig, output: Path) -> dict:
+    """Run every phase of `config` into `output` (finished phases are skipped, interrupted ones resume)."""
+    started = time.perf_counter()
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "config.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False, allow_unicode=True))
+    ctx = make_context(config)
+    metrics: dict = {}
+    parent = None
+    if config.intermediate:
+        inter = config.intermediate
+        metrics["intermediate"] = train_node(
+            ctx, output / "intermediate", tasks=inter.tasks, train=inter.train, seed=config.seed,
+            sampling=inter.sampling, temperature=inter.temperature, description="intermediate")
+        parent = output / "intermediate"
+    target = config.target
+    metrics["target"] = train_node(ctx, output / "target", tasks=[target.task], train=target.train, seed=config.seed,
+                                   parent=parent, carry=target.carry, description="target")
+    metrics["evaluation"] = {}
+    for data in config.evaluate:
+        result = eval_node(ctx, output / f"eval-{data.task}-{data.split}", trained=output / "target",
+                           head=target.task.task, data=data, seed=config.seed)
+        metrics["evaluation"][data.task] = {
+            "split": data.split, "average": result["average"],
+            **{lang: value["accuracy"] for lang, value in result["languages"].items()},
+            "n": {lang: value["n"] for lang, value in result["languages"].items()},
+        }
+    write_json(output / "metrics.json", metrics)
+    files = [d for phase in ("intermediate", "target") if phase in metrics for d in metrics[phase]["data"]]
+    files += [d for data in config.evaluate for d in _result_data(output / f"eval-{data.task}-{data.split}")]
+    write_json(output / "manifest.json", {
+        **environment(), "seed": config.seed, "model": ctx.model, "precision": ctx.precision,
+        "device": str(ctx.device), "data_files": {d["source"]: d["sha256"] for d in files},
+        "timings_seconds": {"total": round(time.perf_counter() - started, 1),
+                            **{p: metrics[p]["seconds"] for p in ("intermediate", "target") if p in metrics}},
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    })
+    print(format_table(metrics["evaluation"]), file=sys.stderr)
+    return metrics
+
+
+def _result_data(directory: Path) -> list[dict]:
+    return json.loads((directory / "result.json").read_text())["data"]
+
+
+def format_table(evaluation: dict) -> str:
+    """Per-language accuracies of each evaluation task as a Markdown table."""
+    lines = []
+    for task, result in evaluation.items():
+        languages = [key for key in result if key not in ("split", "average", "n")]
+        lines.append(f"| {task} ({result['split']}) | " + " | ".join(languages) + " | avg |")
+        lines.append("|---" * (len(languages) + 2) + "|")
+        lines.append("| accuracy | " + " | ".join(f"{100 * result[l]:.1f}" for l in languages) + f" | {100 * result['average']:.1f} |")
+    return "\n".join(lines)

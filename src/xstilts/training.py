@@ -1,0 +1,223 @@
+"""One training phase as a plain loop: sampled batches, AdamW, warmup + linear decay, clipping,
+accumulation, periodic dev evaluation with best-state selection, and exact resume from checkpoints."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+from safetensors.torch import load_file
+from transformers import get_linear_schedule_with_warmup
+
+from xstilts.config import TrainConfig
+from xstilts.errors import XstiltsError
+from xstilts.evaluation import accuracy, predict
+from xstilts.features import Features, collate, length_grouped_batches
+from xstilts.model import WEIGHTS_FILE, MultiHeadModel
+from xstilts.precision import autocast
+
+CHECKPOINT_DIR = "checkpoint"
+BEST_DIR = "best"
+
+
+@dataclass
+class TrainTask:
+    """Training rows of one task, the head they train, and optional dev rows for model selection."""
+
+    head: str
+    train: Features
+    dev: Features | None = None
+
+
+@dataclass
+class TrainState:
+    """Everything besides the weights that a resumed run needs to continue exactly."""
+
+    step: int = 0
+    best_score: float | None = None
+    best_step: int | None = None
+    evals_without_gain: int = 0
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    examples: int = 0
+    tokens: int = 0
+    loss_ema: float | None = None
+
+
+def task_weights(sizes: list[int], sampling: str, temperature: float) -> np.ndarray:
+    """Probability of drawing each task's next batch: proportional, temperature-scaled or uniform."""
+    sizes_array = np.asarray(sizes, dtype=np.float64)
+    power = {"proportional": 1.0, "temperature": 1.0 / temperature, "uniform": 0.0}[sampling]
+    weights = sizes_array**power
+    return weights / weights.sum()
+
+
+def _task_batches(lengths: np.ndarray, batch_size: int, seed: int, task_index: int) -> Iterator[np.ndarray]:
+    """Endless stream of one task's length-grouped batches, reshuffled every pass with its own seed."""
+    for epoch in range(1_000_000):
+        rng = np.random.default_rng([seed, task_index, epoch])
+        yield from length_grouped_batches(lengths, batch_size, rng)
+
+
+def build_schedule(tasks: list[TrainTask], batch_size: int, micro_batches: int, seed: int, sampling: str,
+                   temperature: float) -> list[tuple[int, np.ndarray]]:
+    """The full, deterministic sequence of (task index, row indices) micro-batches of a phase."""
+    streams = [_task_batches(task.train.lengths, batch_size, seed, i) for i, task in enumerate(tasks)]
+    if len(tasks) == 1:
+        choices = np.zeros(micro_batches, dtype=np.int64)
+    else:
+        weights = task_weights([len(task.train) for task in tasks], sampling, temperature)
+        choices = np.random.default_rng([seed, 7919]).choice(len(tasks), size=micro_batches, p=weights)
+    return [(int(choice), next(streams[choice])) for choice in choices]
+
+
+def count_steps(tasks: list[TrainTask], config: TrainConfig) -> tuple[int, int]:
+    """(optimizer steps in the phase, optimizer steps per epoch)."""
+    per_epoch = sum(math.ceil(len(task.train) / config.batch_size) for task in tasks)
+    steps_per_epoch = max(1, per_epoch // config.grad_accumulation)
+    total = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
+    return total, steps_per_epoch
+
+
+def _optimizer(model: MultiHeadModel, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW without weight decay on biases and LayerNorm weights."""
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (no_decay if parameter.ndim == 1 else decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, fused=False)
+
+
+def _save_checkpoint(out_dir: Path, model: MultiHeadModel, optimizer, scheduler, state: TrainState,
+                     fingerprint: dict) -> None:
+    """Atomically replace the phase's checkpoint (weights apart from the training state)."""
+    tmp = out_dir / (CHECKPOINT_DIR + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save(tmp)
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
+         "state": state.__dict__, "fingerprint": fingerprint},
+        tmp / "training_state.pt",
+    )
+    final = out_dir / CHECKPOINT_DIR
+    old = out_dir / (CHECKPOINT_DIR + ".old")
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _resume(out_dir: Path, model: MultiHeadModel, optimizer, scheduler, fingerprint: dict) -> TrainState:
+    """Load the checkpoint if there is one (and it was made with the same settings), else a fresh state."""
+    directory = out_dir / CHECKPOINT_DIR
+    if not (directory / "training_state.pt").exists():
+        return TrainState()
+    saved = torch.load(directory / "training_state.pt", weights_only=False)
+    if saved["fingerprint"] != fingerprint:
+        raise XstiltsError(f"{directory}: checkpoint was made with other settings; delete it to start over")
+    model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    torch.set_rng_state(saved["rng"])
+    return TrainState(**saved["state"])
+
+
+def evaluate_dev(model: MultiHeadModel, tasks: list[TrainTask], pad_id: int, precision: str, device: torch.device) -> dict[str, float]:
+    """Dev accuracy of each task that has dev rows."""
+    scores = {}
+    for task in tasks:
+        if task.dev is not None:
+            scores[task.head] = accuracy(predict(model, task.head, task.dev, pad_id, precision, device), task.dev.labels)
+    model.train()
+    return scores
+
+
+def train_phase(model: MultiHeadModel, tasks: list[TrainTask], config: TrainConfig, out_dir: Path, *, seed: int,
+                pad_id: int, precision: str, device: torch.device, sampling: str = "proportional",
+                temperature: float = 2.0, description: str = "train") -> dict:
+    """Train `model` on `tasks`, resuming from `out_dir/checkpoint` if present; returns the phase's metrics.
+
+    The model left in memory is the selected one: the best on dev when `select_best` and dev rows exist,
+    else the last.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model.to(device).train()
+    total_steps, steps_per_epoch = count_steps(tasks, config)
+    eval_every = config.eval_every or steps_per_epoch
+    has_dev = any(task.dev is not None for task in tasks)
+    schedule = build_schedule(tasks, config.batch_size, total_steps * config.grad_accumulation, seed, sampling, temperature)
+    optimizer = _optimizer(model, config)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
+    fingerprint = {"config": config.model_dump(), "seed": seed, "sizes": [len(task.train) for task in tasks],
+                   "heads": [task.head for task in tasks], "sampling": [sampling, temperature], "precision": precision}
+    state = _resume(out_dir, model, optimizer, scheduler, fingerprint)
+    if state.step:
+        print(f"{description}: resuming at step {state.step}/{total_steps}", file=sys.stderr)
+    heads = [task.head for task in tasks]
+    progress = tqdm(total=total_steps, initial=state.step, desc=description, unit="step", dynamic_ncols=True,
+                    mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr)
+    started = time.perf_counter() - state.seconds
+    while state.step < total_steps:
+        optimizer.zero_grad(set_to_none=True)
+        for micro in range(config.grad_accumulation):
+            task_index, indices = schedule[state.step * config.grad_accumulation + micro]
+            task = tasks[task_index]
+            batch = {key: value.to(device) for key, value in collate(task.train, indices, pad_id).items()}
+            labels = batch.pop("labels")
+            with autocast(precision, device):
+                logits = model(heads[task_index], **batch)
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels) / config.grad_accumulation
+            loss.backward()
+            state.examples += len(indices)
+            state.tokens += int(batch["attention_mask"].sum())
+            loss_value = loss.item() * config.grad_accumulation
+            state.loss_ema = loss_value if state.loss_ema is None else 0.95 * state.loss_ema + 0.05 * loss_value
+        if config.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        state.step += 1
+        state.seconds = time.perf_counter() - started
+        progress.update(1)
+        progress.set_postfix(loss=f"{state.loss_ema:.3f}", ex_s=f"{state.examples / state.seconds:.1f}", refresh=False)
+        finished = state.step == total_steps
+        if has_dev and (state.step % eval_every == 0 or finished):
+            scores = evaluate_dev(model, tasks, pad_id, precision, device)
+            score = float(np.mean(list(scores.values())))
+            state.history.append({"step": state.step, "dev": scores, "score": score, "loss": state.loss_ema})
+            progress.write(f"{description}: step {state.step} dev {score:.4f} " + " ".join(f"{k}={v:.4f}" for k, v in scores.items()))
+            if state.best_score is None or score > state.best_score:
+                state.best_score, state.best_step, state.evals_without_gain = score, state.step, 0
+                if config.select_best:
+                    model.save(out_dir / BEST_DIR)
+            else:
+                state.evals_without_gain += 1
+                if config.patience and state.evals_without_gain >= config.patience:
+                    progress.write(f"{description}: early stop after {state.evals_without_gain} evaluations without gain")
+                    finished = True
+        if finished:
+            break
+        if state.step % config.checkpoint_every == 0:
+            _save_checkpoint(out_dir, model, optimizer, scheduler, state, fingerprint)
+    progress.close()
+    if has_dev and config.select_best and (out_dir / BEST_DIR).exists():
+        model.load_state_dict(load_file(str(out_dir / BEST_DIR / WEIGHTS_FILE)))
+    return {
+        "steps": state.step, "total_steps": total_steps, "best_step": state.best_step, "best_dev": state.best_score,
+        "history": state.history, "train_seconds": round(state.seconds, 2), "train_examples": state.examples,
+        "examples_per_second": round(state.examples / max(state.seconds, 1e-9), 2),
+        "tokens_per_second": round(state.tokens / max(state.seconds, 1e-9), 1),
+        "selected": "best" if has_dev and config.select_best else "last",
+    }
