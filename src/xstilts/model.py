@@ -61,13 +61,12 @@ class MultiHeadModel(nn.Module):
 
 
 def load_encoder(model: str, dropout: float | None = None) -> nn.Module:
-    """The pretrained encoder (any Hugging Face model name or local directory), without a pooler."""
+    """The pretrained encoder (any Hugging Face model name or local directory)."""
     config = AutoConfig.from_pretrained(model)
     if dropout is not None:
         config.hidden_dropout_prob = dropout
         config.attention_probs_dropout_prob = dropout
-    kwargs = {"add_pooling_layer": False} if config.model_type in ("bert", "xlm-roberta", "roberta") else {}
-    return AutoModel.from_pretrained(model, config=config, **kwargs)
+    return AutoModel.from_pretrained(model, config=config)
 
 
 def load_checkpoint(
