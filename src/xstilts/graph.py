@@ -1,0 +1,100 @@
+"""A study as a graph of phase nodes, each addressed by a hash of its own config and its parents' hashes,
+so identical phases (e.g. the baseline target run of a seed) are computed once and reused."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from xstilts.precision import pick_device, resolve_precision
+from xstilts.study_spec import BASELINE, StudySpec
+
+NodeKind = Literal["intermediate", "target", "eval"]
+
+
+@dataclass(frozen=True)
+class Node:
+    """One phase: what defines it (`config`), the nodes it builds on, and a human label."""
+
+    kind: NodeKind
+    config: dict
+    parents: tuple[str, ...]  # names of the parent nodes
+    label: str
+
+    @property
+    def key(self) -> str:
+        """Content hash of kind, config and parents."""
+        text = json.dumps({"kind": self.kind, "config": self.config, "parents": self.parents}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @property
+    def name(self) -> str:
+        """Directory name of the node's outputs."""
+        return f"{self.kind}-{self.key}"
+
+
+@dataclass(frozen=True)
+class Use:
+    """Where an (arm, seed, evaluation) cell of the results table comes from."""
+
+    arm: str
+    seed: int
+    eval_index: int
+    intermediate: str | None
+    target: str
+    eval: str
+
+
+@dataclass
+class Graph:
+    """Nodes by name, in topological order (each once), and the result cells that use them."""
+
+    nodes: dict[str, Node] = field(default_factory=dict)
+    uses: list[Use] = field(default_factory=list)
+
+    def add(self, node: Node) -> str:
+        self.nodes.setdefault(node.name, node)
+        return node.name
+
+    def users(self, name: str) -> list[str]:
+        """'arm/seed' labels of the result cells that depend on a node."""
+        found = []
+        for use in self.uses:
+            if name in (use.intermediate, use.target, use.eval) and f"{use.arm}/{use.seed}" not in found:
+                found.append(f"{use.arm}/{use.seed}")
+        return found
+
+
+def build_graph(spec: StudySpec) -> Graph:
+    """Every arm (baseline first) x seed: [intermediate] -> target -> one eval node per evaluation set."""
+    precision = resolve_precision(spec.precision, pick_device())
+    common = {"model": spec.model, "max_length": spec.max_length, "precision": precision}
+    graph = Graph()
+    for seed in spec.seeds:
+        for arm in [None, *spec.arms]:
+            parent = None
+            if arm is not None:
+                parent = graph.add(Node("intermediate", {
+                    **common, "seed": seed, "tasks": [t.model_dump() for t in arm.capped_tasks()],
+                    "train": (arm.train or spec.intermediate_train).model_dump(), "sampling": arm.sampling,
+                    "temperature": arm.temperature,
+                }, (), f"intermediate {'+'.join(t.task for t in arm.tasks)}{f' cap {arm.cap}' if arm.cap else ''} seed {seed}"))
+            target_config = {**common, "seed": seed, "task": spec.target.task.model_dump(),
+                             "train": spec.target.train.model_dump()}
+            if parent is not None:
+                target_config["carry"] = spec.target.carry
+            target = graph.add(Node("target", target_config, (parent,) if parent else (),
+                                    f"target {spec.target.task.task} after {arm.name if arm else BASELINE} seed {seed}"))
+            for index, data in enumerate(spec.evaluate):
+                evaluation = graph.add(Node("eval", {**common, "data": data.model_dump(), "head": spec.target.task.task},
+                                            (target,), f"eval {data.task}/{data.split} of {arm.name if arm else BASELINE} seed {seed}"))
+                graph.uses.append(Use(arm.name if arm else BASELINE, seed, index, parent, target, evaluation))
+    return graph
+
+
+def node_dir(study_dir: Path, node: Node) -> Path:
+    """Where a node's outputs live."""
+    return study_dir / "nodes" / node.name

@@ -1,0 +1,190 @@
+"""`xstilts study`: run a study's graph (skipping finished nodes), then write its tidy results table."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import sys
+import time
+from pathlib import Path
+
+from xstilts.config import EvalData, TaskData, TrainConfig
+from xstilts.errors import XstiltsError
+from xstilts.executors import make_executor
+from xstilts.graph import Graph, Node, build_graph, node_dir
+from xstilts.manifest import environment, peak_rss_mb, write_json
+from xstilts.phases import RESULT_FILE, Context, eval_node, is_done, train_node
+from xstilts.pipeline import resolve_data_dir
+from xstilts.study_spec import BASELINE, StudySpec
+from xstilts.tasks.registry import load_registry
+from xstilts.training import CHECKPOINT_DIR
+
+RESULT_COLUMNS = ["arm", "group", "arm_languages", "size_matched", "intermediate_examples", "seed", "task", "split",
+                  "language", "accuracy", "n", "eval_node", "target_node", "intermediate_node", "predictions"]
+_CONTEXTS: dict[str, Context] = {}
+
+
+def _context(spec: StudySpec) -> Context:
+    """One context per process and study settings (model and tokenizer load once)."""
+    key = spec.model_dump_json()
+    if key not in _CONTEXTS:
+        registry = load_registry([Path(p) for p in spec.task_dirs])
+        _CONTEXTS[key] = Context.create(spec.model, registry, resolve_data_dir(spec.data_dir), spec.max_length,
+                                        spec.precision)
+    return _CONTEXTS[key]
+
+
+def run_node(study_dir: Path, spec_json: str, node: Node) -> dict:
+    """Compute one node (a module-level function, so process pools and cluster executors can ship it)."""
+    spec = StudySpec.model_validate_json(spec_json)
+    ctx = _context(spec)
+    out = node_dir(study_dir, node)
+    parents = [study_dir / "nodes" / name for name in node.parents]
+    config = node.config
+    if node.kind == "eval":
+        return eval_node(ctx, out, trained=parents[0], head=config["head"], data=EvalData(**config["data"]))
+    tasks = [TaskData(**t) for t in config["tasks"]] if node.kind == "intermediate" else [TaskData(**config["task"])]
+    return train_node(ctx, out, tasks=tasks, train=TrainConfig(**config["train"]), seed=config["seed"],
+                      parent=parents[0] if parents else None, carry=config.get("carry", "encoder"),
+                      sampling=config.get("sampling", "proportional"), temperature=config.get("temperature", 2.0),
+                      description=node.label)
+
+
+class StudyProgress:
+    """Prints nodes done/running/left, elapsed time and an estimate of what is left."""
+
+    def __init__(self, graph: Graph, study_dir: Path, workers: int) -> None:
+        self.total = len(graph.nodes)
+        self.todo = {name: node for name, node in graph.nodes.items() if not is_done(node_dir(study_dir, node))}
+        self.cached = self.total - len(self.todo)
+        self.workers = workers
+        self.running: dict[str, Node] = {}
+        self.seconds: dict[str, list[float]] = {}
+        self.started_at = time.perf_counter()
+        for node in graph.nodes.values():
+            if node.name not in self.todo:
+                result = json.loads((node_dir(study_dir, node) / RESULT_FILE).read_text())
+                self.seconds.setdefault(node.kind, []).append(result.get("seconds", 0.0))
+
+    def started(self, node: Node) -> None:
+        self.running[node.name] = node
+        self._line(f"start {node.label} [{node.name}]")
+
+    def finished(self, node: Node, result: dict) -> None:
+        self.running.pop(node.name, None)
+        self.todo.pop(node.name, None)
+        self.seconds.setdefault(node.kind, []).append(result.get("seconds", 0.0))
+        self._line(f"done  {node.label} [{node.name}] in {result.get('seconds', 0):.0f}s")
+
+    def _line(self, what: str) -> None:
+        left = [n for n in self.todo.values() if n.name not in self.running]
+        estimate = sum(self._mean(n.kind) for n in left) / self.workers
+        done = self.total - len(self.todo)
+        print(f"[study {_clock(time.perf_counter() - self.started_at)}] {done}/{self.total} done "
+              f"({self.cached} cached), {len(self.running)} running, {len(left)} left, "
+              f"about {_clock(estimate)} to go | {what}", file=sys.stderr, flush=True)
+
+    def _mean(self, kind: str) -> float:
+        values = self.seconds.get(kind) or [v for vs in self.seconds.values() for v in vs] or [60.0]
+        return sum(values) / len(values)
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+
+
+def describe(graph: Graph, study_dir: Path) -> str:
+    """The graph as text: each node once, its status, parents and the arm/seed cells that share it."""
+    lines = []
+    for node in graph.nodes.values():
+        directory = node_dir(study_dir, node)
+        status = "cached" if is_done(directory) else ("partial" if (directory / CHECKPOINT_DIR).exists() else "todo")
+        parents = f" <- {', '.join(node.parents)}" if node.parents else ""
+        users = graph.users(node.name)
+        lines.append(f"{status:8s} {node.name}{parents}\n         {node.label}; used by {len(users)}: {', '.join(users)}")
+    done = sum(is_done(node_dir(study_dir, n)) for n in graph.nodes.values())
+    lines.append(f"{len(graph.nodes)} nodes for {len(graph.uses)} result cells; {done} cached, {len(graph.nodes) - done} to run")
+    return "\n".join(lines)
+
+
+def run_study(spec: StudySpec, study_dir: Path, workers: int | None = None, dry_run: bool = False) -> Path | None:
+    """Run (or with `dry_run`, describe) a study; returns the results table's path."""
+    graph = build_graph(spec)
+    if dry_run:
+        print(describe(graph, study_dir))
+        return None
+    started = time.perf_counter()
+    study_dir.mkdir(parents=True, exist_ok=True)
+    write_json(study_dir / "study.json", spec.model_dump())
+    write_json(study_dir / "graph.json", {n.name: {"label": n.label, "parents": n.parents} for n in graph.nodes.values()})
+    workers = workers or spec.workers
+    progress = StudyProgress(graph, study_dir, workers)
+    todo = [node for node in graph.nodes.values() if node.name in progress.todo]
+    print(f"[study] {len(graph.nodes)} nodes, {progress.cached} cached, {len(todo)} to run", file=sys.stderr)
+    make_executor(workers).run(todo, functools.partial(run_node, study_dir, spec.model_dump_json()), progress)
+    path = write_results(spec, graph, study_dir)
+    write_json(study_dir / "manifest.json", {
+        **environment(), "study": spec.name, "seeds": spec.seeds, "nodes": len(graph.nodes), "ran_nodes": len(todo),
+        "data_files": _data_files(graph, study_dir), "timings_seconds": {"this_invocation": round(time.perf_counter() - started, 1)},
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    })
+    print(f"[study] finished in {_clock(time.perf_counter() - started)}; results: {path}", file=sys.stderr)
+    return path
+
+
+def _result(study_dir: Path, name: str) -> dict:
+    return json.loads((study_dir / "nodes" / name / RESULT_FILE).read_text())
+
+
+def _data_files(graph: Graph, study_dir: Path) -> dict[str, str]:
+    return {d["source"]: d["sha256"] for name in graph.nodes for d in _result(study_dir, name)["data"]}
+
+
+def write_results(spec: StudySpec, graph: Graph, study_dir: Path) -> Path:
+    """results.csv and results.jsonl: one row per arm x seed x evaluation task x language."""
+    arms = {arm.name: arm for arm in spec.arms}
+    registry = load_registry([Path(p) for p in spec.task_dirs])
+    rows = []
+    for use in graph.uses:
+        arm = arms.get(use.arm)
+        evaluation = _result(study_dir, use.eval)
+        examples = sum(_result(study_dir, use.intermediate)["train_examples"].values()) if use.intermediate else 0
+        languages = sorted({lang for t in arm.tasks for lang in (t.languages or registry.get(t.task).languages)}) if arm else []
+        for language, value in evaluation["languages"].items():
+            rows.append({
+                "arm": use.arm, "group": arm.group if arm else BASELINE, "arm_languages": ";".join(languages),
+                "size_matched": bool(arm and arm.cap), "intermediate_examples": examples, "seed": use.seed,
+                "task": evaluation["task"], "split": evaluation["split"], "language": language,
+                "accuracy": value["accuracy"], "n": value["n"], "eval_node": use.eval, "target_node": use.target,
+                "intermediate_node": use.intermediate or "",
+                "predictions": str(Path("nodes") / use.eval / "predictions" / f"{language}.csv"),
+            })
+    path = study_dir / "results.csv"
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, RESULT_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+    (study_dir / "results.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def study_status(study_dir: Path) -> str:
+    """Which nodes of a started study are finished, partial (checkpointed) or still to run."""
+    graph_file = study_dir / "graph.json"
+    if not graph_file.exists():
+        raise XstiltsError(f"{study_dir}: not a study directory (no graph.json)")
+    nodes = json.loads(graph_file.read_text())
+    counts = {"done": 0, "partial": 0, "todo": 0}
+    lines = []
+    for name, info in nodes.items():
+        directory = study_dir / "nodes" / name
+        status = "done" if is_done(directory) else "partial" if (directory / CHECKPOINT_DIR).exists() else "todo"
+        counts[status] += 1
+        lines.append(f"{status:8s} {name}  {info['label']}")
+    lines.append(f"{len(nodes)} nodes: {counts['done']} done, {counts['partial']} partial, {counts['todo']} to run"
+                 + ("; results.csv written" if (study_dir / "results.csv").exists() else ""))
+    return "\n".join(lines)

@@ -1,0 +1,70 @@
+"""Study specification: one target and evaluation shared by many intermediate arms, over several seeds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, model_validator
+
+from xstilts.config import EvalData, TargetConfig, TaskData, TrainConfig
+from xstilts.errors import XstiltsError
+from xstilts.tasks.registry import load_yaml, validation_message
+from xstilts.tasks.spec import StrictModel
+
+BASELINE = "baseline"
+
+
+class Arm(StrictModel):
+    """A named intermediate phase: its tasks (trained together when several), group and data cap.
+
+    `cap` subsamples every intermediate task to at most N examples (a fixed subsample per seed), so
+    that arms can be compared at equal data size; without it the arm trains on the natural size."""
+
+    name: str
+    group: Literal["english", "low-resource", "mixed"]
+    tasks: list[TaskData] = Field(min_length=1)
+    cap: int | None = Field(default=None, gt=0)
+    sampling: Literal["proportional", "temperature", "uniform"] = "proportional"
+    temperature: float = Field(default=2.0, gt=0)
+    train: TrainConfig | None = None
+
+    def capped_tasks(self) -> list[TaskData]:
+        """The arm's tasks with the size cap applied."""
+        if self.cap is None:
+            return list(self.tasks)
+        return [t.model_copy(update={"max_examples": min(t.max_examples or self.cap, self.cap)}) for t in self.tasks]
+
+
+class StudySpec(StrictModel):
+    """The whole comparison: baseline (always an arm) plus the listed arms, for every seed."""
+
+    name: str
+    description: str = ""
+    model: str = "embedded"
+    max_length: int = Field(default=128, ge=8)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    data_dir: str | None = None
+    task_dirs: list[str] = Field(default_factory=list)
+    seeds: list[int] = Field(min_length=1)
+    intermediate_train: TrainConfig = TrainConfig()
+    target: TargetConfig
+    evaluate: list[EvalData] = Field(default_factory=lambda: [EvalData(task="xnli", split="test")], min_length=1)
+    arms: list[Arm] = Field(default_factory=list)
+    workers: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _unique_arms(self) -> StudySpec:
+        names = [arm.name for arm in self.arms]
+        duplicated = {name for name in names if names.count(name) > 1} | ({BASELINE} & set(names))
+        if duplicated:
+            raise ValueError(f"arm names must be unique and not {BASELINE!r}: {sorted(duplicated)}")
+        return self
+
+
+def load_study(path: Path) -> StudySpec:
+    """Load and validate a study YAML file (unknown keys are errors naming them)."""
+    try:
+        return StudySpec(**load_yaml(path))
+    except ValidationError as error:
+        raise XstiltsError(validation_message(path, error)) from None
