@@ -13,12 +13,14 @@ from xstilts.tasks.spec import SplitName, StrictModel
 
 
 class TaskData(StrictModel):
-    """Which rows of a task to use: split, languages (default: all) and an optional cap."""
+    """Which rows of a task to use: split, languages (default: all), an optional cap, and the source
+    ('auto': local files when a data folder is set and the task has them, else the Hub)."""
 
     task: str
     split: SplitName = "train"
     languages: list[str] | None = None
     max_examples: int | None = Field(default=None, gt=0)
+    source: Literal["auto", "local", "hub"] = "auto"
 
 
 class EvalData(TaskData):

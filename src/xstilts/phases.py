@@ -55,18 +55,18 @@ class Context:
         tokenizer = AutoTokenizer.from_pretrained(path)
         return cls(path, registry, data_dir, max_length, resolve_precision(precision, device), device, tokenizer)
 
-    def split(self, task: str, split: str, language: str) -> tuple[SplitData, Features]:
+    def split(self, task: str, split: str, language: str, source: str = "auto") -> tuple[SplitData, Features]:
         """Rows of one task/split/language, read and tokenized once per context."""
-        key = (task, split, language)
+        key = (task, split, language, source)
         if key not in self._splits:
-            data = read_split(self.registry.get(task), split, language, self.data_dir)
+            data = read_split(self.registry.get(task), split, language, self.data_dir, source)
             self._splits[key] = (data, tokenize(data.examples, self.tokenizer, self.max_length))
         return self._splits[key]
 
     def rows(self, data: TaskData, seed: int, split: str | None = None) -> tuple[Features, list[SplitData]]:
         """All languages of a task's split, concatenated, capped at `max_examples` (a per-seed subsample)."""
         spec = self.registry.get(data.task)
-        parts = [self.split(data.task, split or data.split, lang) for lang in data.languages or spec.languages]
+        parts = [self.split(data.task, split or data.split, lang, data.source) for lang in data.languages or spec.languages]
         features = Features(
             [ids for _, f in parts for ids in f.input_ids],
             None if any(f.token_type_ids is None for _, f in parts) else [t for _, f in parts for t in f.token_type_ids],

@@ -149,11 +149,16 @@ def read_hub(spec: TaskSpec, split: str, language: str) -> SplitData:
     return SplitData(spec.name, split, language, examples, where, fingerprint, skipped, spec.labels)
 
 
-def read_split(spec: TaskSpec, split: str, language: str, data_dir: Path | None) -> SplitData:
-    """Read a split, from local files when the task has them and a data directory is set, else from the Hub."""
+def read_split(spec: TaskSpec, split: str, language: str, data_dir: Path | None, source: str = "auto") -> SplitData:
+    """Read a split: from local files when the task has them and a data directory is set (or source
+    'local'), else (or with source 'hub') from the Hugging Face Hub."""
     if language not in spec.languages:
         raise XstiltsError(f"task {spec.name!r} has no language {language!r} (has {', '.join(spec.languages)})")
-    if spec.local is not None and data_dir is not None:
+    if source == "hub":
+        return read_hub(spec, split, language)
+    if spec.local is not None and (data_dir is not None or source == "local"):
+        if data_dir is None:
+            raise XstiltsError(f"task {spec.name!r}: source 'local' needs --data-dir or XSTILTS_DATA_DIR")
         return read_local(spec, split, language, data_dir)
     if spec.hub is not None:
         return read_hub(spec, split, language)

@@ -1,0 +1,179 @@
+"""The report's content and order: findings, results per evaluation set, method and protocol, as render blocks."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from xstilts.report.analysis import ARM_GROUPS, AVERAGE, DIFFERENCE, SUBSETS, Analysis
+from xstilts.report.findings import caveats, findings
+from xstilts.report.formatting import GROUP_NAMES, capitalised, points, span, with_std
+from xstilts.report.plots import plot_file
+from xstilts.report.protocol import Protocol, flatten, text
+from xstilts.report.render import Block, Bullets, Heading, Image, Paragraph, Table
+from xstilts.report.results import BASELINE_GROUP, EvalSet
+from xstilts.report.statistics import ALPHA, CONFIDENCE
+
+QUESTION = ("Does intermediate-task training on low-resource-language tasks help zero-shot cross-lingual transfer "
+            "to XNLI more or less than training on English intermediate tasks?")
+ARM_SPEC_SHOWN = ("name", "group", "tasks")
+
+
+def main_table(analysis: Analysis, eval_set: EvalSet) -> Table:
+    """Arms (baseline first, then by group) x languages and average: accuracy ± std over seeds, and below it
+    the change against the baseline ± std of the seed-paired changes, * where Holm-significant."""
+    results = analysis.results
+    cells = analysis.cells_of(eval_set).set_index(["arm", "language"])
+    columns = [*results.languages(eval_set), AVERAGE]
+    arms = results.arms[results.arms.index.isin(cells.index.get_level_values("arm"))]
+    rows, sections, previous = [], {}, BASELINE_GROUP
+    for arm, group in arms["group"].items():
+        if group != previous:
+            sections[len(rows)] = capitalised(GROUP_NAMES[group])
+            previous = group
+        row = [arm]
+        for column in columns:
+            if (arm, column) not in cells.index:
+                row.append("–")
+                continue
+            cell = cells.loc[(arm, column)]
+            accuracy = with_std(cell["accuracy"], cell["accuracy_std"])
+            change = with_std(cell["delta"], cell["delta_std"], signed=True) + ("*" if cell["significant"] else "")
+            row.append(accuracy if group == BASELINE_GROUP else f"{accuracy}\n{change}")
+        rows.append(row)
+    seeds = sorted(set(cells["seeds"]))
+    caption = (f"{eval_set[0]} {eval_set[1]}: accuracy (%), mean ± std over {'/'.join(map(str, seeds))} seeds; "
+               f"below, the change against the baseline ({results.baseline}) in points ± std of the seed-paired "
+               f"changes; * significant after Holm correction over {analysis.n_tests} tests (α = {ALPHA}).")
+    return Table(["arm", *columns], rows, caption, sections, numeric=True)
+
+
+def _estimate_text(row: pd.Series) -> str:
+    return f"{points(row['value'])} [{points(row['ci_low'])}, {points(row['ci_high'])}]"
+
+
+def _group_table(analysis: Analysis, eval_set: EvalSet, kind: str, scopes: list[str], caption: str) -> Table:
+    """Rows = scopes; columns = each group's mean change and the English − low-resource difference [CI], p."""
+    rows = analysis.groups_of(eval_set, kind).set_index(["scope", "group"])
+    groups = [group for group in (*ARM_GROUPS, DIFFERENCE) if group in rows.index.get_level_values("group")]
+    header = [kind, *(f"{capitalised(GROUP_NAMES.get(group, group))}" + (" arms" if group in GROUP_NAMES else "")
+                      for group in groups)]
+    header += ["p (difference)"] if DIFFERENCE in groups else []
+    body = []
+    for scope in scopes:
+        row = [scope]
+        for group in groups:
+            if (scope, group) not in rows.index:
+                row.append("–")
+                continue
+            cell = rows.loc[(scope, group)]
+            row.append(_estimate_text(cell) + (f"\n{cell['cells']} cells" if kind == "subset" else ""))
+        if DIFFERENCE in groups:
+            row.append(f"{rows.loc[(scope, DIFFERENCE), 'p_value']:.3g}" if (scope, DIFFERENCE) in rows.index else "–")
+        body.append(row)
+    return Table(header, body, caption, numeric=True)
+
+
+def _results_section(analysis: Analysis, eval_set: EvalSet) -> list[Block]:
+    name = f"{eval_set[0]} {eval_set[1]}"
+    languages = analysis.results.languages(eval_set)
+    interval = f"{CONFIDENCE:.0%} bootstrap CI"
+    return [
+        Heading(f"Results: {name}"),
+        main_table(analysis, eval_set),
+        Image(plot_file("heatmap", eval_set), f"Change in accuracy (points) of each arm against the baseline on {name}; "
+              "* marks changes significant after Holm correction."),
+        Heading(f"Group comparison: {name}", 3),
+        _group_table(analysis, eval_set, "language", [*languages, AVERAGE],
+                     f"Mean change in accuracy (points) of the arms of each group, [{interval}]; the last columns "
+                     "compare English with low-resource arms (bootstrap p-value, not corrected for multiplicity)."),
+        _group_table(analysis, eval_set, "subset", list(SUBSETS),
+                     "The same, restricted to cells whose evaluation language is in the arm's intermediate data "
+                     "(in-language) or not (other languages), and to size-matched or natural-size arms."),
+        Image(plot_file("groups", eval_set), f"Mean change per group of arms on {name}, with {interval}s."),
+        Image(plot_file("size", eval_set), f"Average accuracy on {name} against the number of intermediate "
+              "training examples; error bars are ± std over seeds, the dashed line is the baseline."),
+    ]
+
+
+def _method(analysis: Analysis) -> list[Block]:
+    return [
+        Heading("Statistical method"),
+        Paragraph("Each arm is compared with the baseline on the same test examples and paired by seed: the arm "
+                  "trained with seed s is compared with the baseline trained with seed s. The change of an arm on a "
+                  "test set is the mean over seeds of the accuracy differences, equivalently the mean over test "
+                  "examples of the per-example difference in correctness averaged over seeds. The ± after a change "
+                  "is the standard deviation of the seed-paired differences."),
+        Paragraph(f"Uncertainty comes from a paired bootstrap over test examples: B = {analysis.n_resamples} "
+                  "resamples of the example indices with replacement, the same indices for the arm and the "
+                  f"baseline (and for all seeds), drawn from numpy's default generator seeded {analysis.seed}. "
+                  f"Intervals are {CONFIDENCE:.0%} percentile intervals of the resampled changes. Two-sided "
+                  "p-values use the bootstrap standard error, p = 2Φ(−|change| / SE), which resolves p-values "
+                  "below 1/B. The intervals reflect test-set sampling given the trained models; variation "
+                  "between training runs is reported as the std over seeds."),
+        Paragraph(f"Significance marks use Holm's step-down correction over all {analysis.n_tests} arm × language "
+                  f"and arm-average tests in this report, at α = {ALPHA}."),
+        Paragraph("Group comparisons average the changes of all arm × language cells of a group with equal weight. "
+                  "Their intervals resample test examples only, using for each language the same resampled "
+                  "indices for every arm and seed, so that groups and their difference stay paired. The arms "
+                  "themselves are not resampled: they are the treatments studied, not a sample of possible tasks, "
+                  "and with a few arms per group a resampling of arms would be unstable. The intervals therefore "
+                  "do not say how a different English or low-resource task would fare."),
+    ]
+
+
+def _given(spec: dict, shown: tuple[str, ...]) -> dict:
+    """The settings of a spec entry that are set (not None) and not shown elsewhere."""
+    return {key: value for key, value in spec.items() if key not in shown and value is not None}
+
+
+def _protocol(analysis: Analysis, protocol: Protocol) -> list[Block]:
+    results = analysis.results
+    blocks: list[Block] = [Heading("Protocol")]
+    if protocol.notes:
+        blocks.append(Bullets([capitalised(note) + "." for note in protocol.notes]))
+    blocks.append(Table(["setting", "value"], [list(pair) for pair in protocol.settings],
+                        "Study settings from study.json (model, seeds, target task and training hyperparameters)."))
+    arm_rows = []
+    for arm, info in results.arms.iterrows():
+        spec = protocol.arms.get(arm, {})
+        settings = [f"{key} = {value}" for key, value in flatten(_given(spec, ARM_SPEC_SHOWN))]
+        arm_rows.append([arm, info["group"], "\n".join(protocol.arm_tasks(arm)) or "–", ", ".join(info["languages"]) or "–",
+                         "yes" if info["size_matched"] else "no", f"{info['intermediate_examples']:,.0f}",
+                         "\n".join(settings) or "–"])
+    blocks.append(Table(["arm", "group", "intermediate tasks", "languages", "size-matched", "intermediate examples",
+                         "arm settings"], arm_rows, "Arms: intermediate data and training settings (training "
+                        "settings not listed here are the study's intermediate_train)."))
+    evaluation_rows = []
+    for eval_set in results.eval_sets:
+        spec = _given(protocol.evaluate.get(eval_set[0], {}), ("task",))
+        evaluation_rows.append([eval_set[0], eval_set[1], ", ".join(results.languages(eval_set)),
+                                span(results.sizes(eval_set).values()),
+                                "; ".join(f"{key} = {value}" for key, value in flatten(spec)) or "–"])
+    blocks.append(Table(["task", "split", "languages", "examples per language", "selection"], evaluation_rows,
+                        f"Evaluation sets; seeds: {', '.join(map(str, results.seeds))}."))
+    blocks.append(Table(["item", "value"], [list(pair) for pair in protocol.code], "Code version and environment "
+                        "(manifest.json)."))
+    if protocol.data_files:
+        blocks.append(Table(["data file", "sha256"], [list(pair) for pair in protocol.data_files],
+                            "Data files and their checksums (manifest.json)."))
+    return blocks
+
+
+def build_document(analysis: Analysis, protocol: Protocol, title: str) -> list[Block]:
+    """All blocks of the report, in order."""
+    results = analysis.results
+    sets = ", ".join(f"{task} {split}" for task, split in results.eval_sets)
+    description = text(protocol.study.get("description")) if protocol.study.get("description") else ""
+    return [
+        Heading(title, 1),
+        Paragraph(f"Question: {QUESTION} Each of the {len(results.arms) - 1} intermediate-task arms is compared with "
+                  f"the baseline arm {results.baseline!r} (no intermediate training) on {sets}, over "
+                  f"{len(results.seeds)} seeds. {description}".strip()),
+        Heading("Findings"),
+        *(Paragraph(paragraph) for paragraph in findings(analysis)),
+        Heading("Caveats", 3),
+        Bullets(caveats(analysis, protocol)),
+        *(block for eval_set in results.eval_sets for block in _results_section(analysis, eval_set)),
+        *_method(analysis),
+        *_protocol(analysis, protocol),
+    ]

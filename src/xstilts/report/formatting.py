@@ -1,0 +1,48 @@
+"""Numbers as report text: accuracies and changes in percentage points, intervals and p-values."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from xstilts.report.statistics import CONFIDENCE
+
+MINUS = "−"
+GROUP_NAMES = {"english": "English", "low-resource": "low-resource", "mixed": "mixed"}
+
+
+def points(fraction: float, signed: bool = True) -> str:
+    """A fraction as percentage points with one decimal (signed: with '+' or '−'; never '−0.0')."""
+    rounded = round(100 * fraction, 1) + 0.0
+    return f"{rounded:{'+' if signed else ''}.1f}".replace("-", MINUS)
+
+
+def with_std(fraction: float, std: float, signed: bool = False) -> str:
+    """`points±std`, compact for table cells (the std omitted when undefined, e.g. for one seed)."""
+    return points(fraction, signed) + ("" if math.isnan(std) else f"±{points(std, signed=False)}")
+
+
+def interval(low: float, high: float) -> str:
+    """A confidence interval in points, e.g. '95% CI +0.4 to +2.1'."""
+    return f"{CONFIDENCE:.0%} CI {points(low)} to {points(high)}"
+
+
+def p_value(p: float) -> str:
+    """'p < 0.001' or 'p = 0.012'."""
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+def span(counts: Iterable[int]) -> str:
+    """'100' when all counts are equal, else 'min–max'."""
+    values = sorted(set(counts))
+    return str(values[0]) if len(values) == 1 else f"{values[0]}–{values[-1]}"
+
+
+def plural(count: int, word: str) -> str:
+    """'1 seed', '3 seeds'."""
+    return f"{count} {word}{'' if count == 1 else 'es' if word.endswith('s') else 's'}"
+
+
+def capitalised(words: str) -> str:
+    """The first letter upper-cased, the rest kept ('low-resource' -> 'Low-resource', 'xnli' -> 'Xnli')."""
+    return words[:1].upper() + words[1:]

@@ -1,0 +1,153 @@
+"""The report's figures, drawn with matplotlib's object API on the Agg canvas (no pyplot, no global state)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import TwoSlopeNorm
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from xstilts.report.analysis import ARM_GROUPS, AVERAGE, Analysis
+from xstilts.report.formatting import GROUP_NAMES, capitalised, plural, points
+from xstilts.report.results import BASELINE_GROUP, EvalSet
+
+GROUP_COLORS = {"english": "#0072B2", "low-resource": "#D55E00", "mixed": "#009E73"}  # colour-blind safe
+GROUP_MARKERS = {"english": "o", "low-resource": "s", "mixed": "^"}
+STYLE = {"font.size": 12, "axes.titlesize": 14, "axes.labelsize": 13, "xtick.labelsize": 12, "ytick.labelsize": 12,
+         "legend.fontsize": 11}
+DPI = 150
+LABEL_GAP, LABEL_NEAR = 0.05, 0.15  # arm labels in the size plot: spacing and "same size", in axes fractions
+
+
+def _heatmap(analysis: Analysis, eval_set: EvalSet) -> Figure:
+    """Arms x languages (and the average) of the change in accuracy points; * marks Holm-significant cells."""
+    cells = analysis.cells_of(eval_set)
+    cells = cells[cells["group"] != BASELINE_GROUP]
+    arms = analysis.results.arms
+    arms = arms[arms.index.isin(cells["arm"])]
+    columns = [*analysis.results.languages(eval_set), AVERAGE]
+    values = 100 * cells.pivot(index="arm", columns="language", values="delta").reindex(index=arms.index, columns=columns)
+    marks = cells.pivot(index="arm", columns="language", values="significant").reindex(index=arms.index, columns=columns).eq(True)
+    limit = max(float(np.nanmax(np.abs(values.to_numpy()))), 0.5)
+    figure = Figure(figsize=(max(8.0, 0.8 * len(columns) + 4), 2.0 + 0.6 * len(arms)), layout="constrained")
+    axes = figure.add_subplot()
+    image = axes.imshow(values.to_numpy(), cmap="RdBu", norm=TwoSlopeNorm(0, -limit, limit), aspect="auto")
+    for (row, column), value in np.ndenumerate(values.to_numpy()):
+        if not np.isnan(value):
+            mark = "*" if marks.iat[row, column] else ""
+            axes.text(column, row, f"{value:+.1f}{mark}".replace("-", "−"), ha="center", va="center", fontsize=11,
+                      color="white" if abs(value) > 0.6 * limit else "black")
+    axes.set_xticks(range(len(columns)), labels=columns)
+    axes.set_yticks(range(len(arms)), labels=[f"{arm} ({GROUP_NAMES[group]})" for arm, group in arms["group"].items()])
+    axes.axvline(len(columns) - 1.5, color="black", linewidth=2)
+    for boundary in np.flatnonzero(arms["group"].to_numpy()[1:] != arms["group"].to_numpy()[:-1]):
+        axes.axhline(boundary + 0.5, color="black", linewidth=2)
+    axes.set_xlabel("Evaluation language")
+    axes.set_title(f"Change in accuracy against the baseline, {eval_set[0]} {eval_set[1]}\n"
+                   "(points; * significant after Holm correction)")
+    figure.colorbar(image, ax=axes, label="Change (accuracy points)", fraction=0.04, pad=0.01)
+    return figure
+
+
+def _group_bars(analysis: Analysis, eval_set: EvalSet) -> Figure:
+    """Mean change per group of arms, per language and on average, with the bootstrap intervals."""
+    rows = analysis.groups_of(eval_set, "language")
+    scopes = [*analysis.results.languages(eval_set), AVERAGE]
+    groups = [group for group in ARM_GROUPS if group in set(rows["group"])]
+    positions = np.arange(len(scopes))
+    width = 0.8 / max(len(groups), 1)
+    figure = Figure(figsize=(max(9.0, 0.75 * len(scopes) + 3), 5.5), layout="constrained")
+    axes = figure.add_subplot()
+    for offset, group in enumerate(groups):
+        selected = rows[rows["group"] == group].set_index("scope").reindex(scopes)
+        value = 100 * selected["value"].to_numpy()
+        errors = 100 * np.vstack([selected["value"] - selected["ci_low"], selected["ci_high"] - selected["value"]])
+        cells = analysis.cells_of(eval_set)
+        count = cells.loc[cells["group"] == group, "arm"].nunique()
+        axes.bar(positions + (offset - (len(groups) - 1) / 2) * width, value, width, yerr=errors, capsize=2,
+                 color=GROUP_COLORS[group], label=f"{capitalised(GROUP_NAMES[group])} ({plural(count, 'arm')})",
+                 error_kw={"linewidth": 1})
+    axes.axhline(0, color="black", linewidth=0.8)
+    axes.axvline(len(scopes) - 1.5, color="grey", linestyle=":", linewidth=1)
+    axes.set_xticks(positions, labels=scopes)
+    axes.set_xlabel("Evaluation language")
+    axes.set_ylabel("Mean change (accuracy points)")
+    axes.set_title(f"Mean change against the baseline by group, {eval_set[0]} {eval_set[1]}\n"
+                   "(points, with 95% bootstrap confidence intervals)")
+    axes.legend(loc="best")
+    axes.grid(axis="y", alpha=0.3)
+    return figure
+
+
+def _label_arms(axes: Axes, arms: pd.DataFrame) -> None:
+    """Name each arm right of its marker; labels of arms of about the same size are pushed apart vertically."""
+    (x_low, x_high), (y_low, y_high) = axes.get_xlim(), axes.get_ylim()
+    scale = np.log10 if axes.get_xscale() == "log" else (lambda values: values)
+    x = (scale(arms["intermediate_examples"].to_numpy(float)) - scale(x_low)) / (scale(x_high) - scale(x_low))
+    y = (100 * arms["accuracy"].to_numpy() - y_low) / (y_high - y_low)
+    placed: list[tuple[float, float]] = []  # (x, label height) in axes fractions
+    for index in np.argsort(-y):
+        height = y[index]
+        for other_x, other_height in sorted(placed, key=lambda label: -label[1]):
+            if abs(x[index] - other_x) < LABEL_NEAR and height > other_height - LABEL_GAP:
+                height = other_height - LABEL_GAP
+        placed.append((x[index], height))
+        leader = {"arrowstyle": "-", "color": "grey", "linewidth": 0.6} if height != y[index] else None
+        axes.annotate(arms.index[index], (x[index], y[index]), xytext=(x[index] + 0.02, height), xycoords="axes fraction",
+                      textcoords="axes fraction", va="center", fontsize=11, arrowprops=leader)
+
+
+def _size(analysis: Analysis, eval_set: EvalSet) -> Figure:
+    """Average accuracy of each arm against its amount of intermediate data; the baseline as a line."""
+    cells = analysis.cells_of(eval_set)
+    averages = cells[cells["language"] == AVERAGE].set_index("arm")
+    arms = analysis.results.arms.join(averages[["accuracy", "accuracy_std"]], how="inner")
+    baseline = averages.loc[analysis.results.baseline]
+    figure = Figure(figsize=(9.0, 6.0), layout="constrained")
+    axes = figure.add_subplot()
+    level, spread = 100 * baseline["accuracy"], 100 * np.nan_to_num(baseline["accuracy_std"])
+    axes.axhline(level, color="grey", linestyle="--", label=f"baseline ({points(baseline['accuracy'], signed=False)}%)")
+    axes.axhspan(level - spread, level + spread, color="grey", alpha=0.12, linewidth=0)
+    trained = arms[arms["group"] != BASELINE_GROUP]
+    for group in ARM_GROUPS:
+        selected = trained[trained["group"] == group]
+        if selected.empty:
+            continue
+        axes.errorbar(selected["intermediate_examples"], 100 * selected["accuracy"],
+                      yerr=100 * selected["accuracy_std"].fillna(0), fmt=GROUP_MARKERS[group], markersize=9,
+                      capsize=3, color=GROUP_COLORS[group], label=capitalised(GROUP_NAMES[group]))
+    sizes = trained["intermediate_examples"]
+    if not sizes.empty and sizes.min() > 0 and sizes.max() >= 10 * sizes.min():
+        axes.set_xscale("log")
+    axes.margins(x=0.15, y=0.2)
+    _label_arms(axes, trained)
+    axes.set_xlabel("Intermediate training examples")
+    axes.set_ylabel("Average accuracy (%), ± std over seeds")
+    axes.set_title(f"Average {eval_set[0]} {eval_set[1]} accuracy vs intermediate data size")
+    axes.legend(loc="best")
+    axes.grid(alpha=0.3)
+    return figure
+
+
+DRAW = {"heatmap": _heatmap, "groups": _group_bars, "size": _size}
+
+
+def plot_file(kind: str, eval_set: EvalSet) -> str:
+    """The PNG file name of one plot of one evaluation set."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{kind}-{eval_set[0]}-{eval_set[1]}") + ".png"
+
+
+def write_plots(analysis: Analysis, output_dir: Path) -> None:
+    """Draw every plot of every evaluation set into `output_dir` (file names from `plot_file`)."""
+    with matplotlib.rc_context(STYLE):
+        for eval_set in analysis.results.eval_sets:
+            for kind, draw in DRAW.items():
+                figure = draw(analysis, eval_set)
+                FigureCanvasAgg(figure)
+                figure.savefig(output_dir / plot_file(kind, eval_set), dpi=DPI)

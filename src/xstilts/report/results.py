@@ -1,0 +1,232 @@
+"""The results table of a study and each row's per-example correctness, loaded and validated."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from xstilts.errors import XstiltsError
+
+BASELINE_GROUP = "baseline"
+GROUPS = (BASELINE_GROUP, "english", "low-resource", "mixed")
+TARGET_TASK = "xnli"
+STRING_COLUMNS = ("arm", "group", "arm_languages", "task", "split", "language", "eval_node", "target_node",
+                  "intermediate_node", "predictions")
+PREDICTION_COLUMNS = ("index", "label", "prediction", "correct")
+ACCURACY_TOLERANCE = 1e-3
+
+
+def _integer(text: str) -> int:
+    value = float(text)
+    if not value.is_integer():
+        raise ValueError
+    return int(value)
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered not in {"true", "false", "1", "0"}:
+        raise ValueError
+    return lowered in {"true", "1"}
+
+
+PARSERS: dict[str, tuple[Callable[[str], object], str]] = {
+    "size_matched": (_boolean, "true or false"),
+    "intermediate_examples": (_integer, "an integer"),
+    "seed": (_integer, "an integer"),
+    "accuracy": (float, "a number"),
+    "n": (_integer, "an integer"),
+}
+COLUMNS = (*STRING_COLUMNS, *PARSERS)
+EvalSet = tuple[str, str]  # (task, split)
+
+
+@dataclass(frozen=True)
+class Results:
+    """Validated rows (one per arm x seed x task x split x language) with a `correct` column holding each
+    row's 0/1 correctness vector, ordered by example index (identical order for rows of one test set)."""
+
+    path: Path
+    rows: pd.DataFrame
+
+    @property
+    def baseline(self) -> str:
+        """The name of the baseline arm."""
+        return str(self.rows.loc[self.rows["group"] == BASELINE_GROUP, "arm"].iloc[0])
+
+    @property
+    def arms(self) -> pd.DataFrame:
+        """One row per arm, baseline first, then by group (English, low-resource, mixed), then as listed;
+        columns group, languages (tuple), size_matched and intermediate_examples (mean over rows)."""
+        table = self.rows.groupby("arm", sort=False).agg(
+            group=("group", "first"), arm_languages=("arm_languages", "first"),
+            size_matched=("size_matched", "first"), intermediate_examples=("intermediate_examples", "mean"))
+        table["languages"] = [tuple(filter(None, value.split(";"))) for value in table.pop("arm_languages")]
+        order = np.argsort([GROUPS.index(group) for group in table["group"]], kind="stable")
+        return table.iloc[order]
+
+    @property
+    def seeds(self) -> list[int]:
+        """All seeds in the table, sorted."""
+        return sorted(self.rows["seed"].unique().tolist())
+
+    @property
+    def eval_sets(self) -> list[EvalSet]:
+        """(task, split) pairs: XNLI first, test before other splits, then in order of appearance."""
+        pairs = list(dict.fromkeys(zip(self.rows["task"], self.rows["split"])))
+        return sorted(pairs, key=lambda pair: (pair[0] != TARGET_TASK, pair[1] != "test"))
+
+    def languages(self, eval_set: EvalSet) -> list[str]:
+        """Languages of one evaluation set, in order of appearance."""
+        return list(dict.fromkeys(self._select(eval_set)["language"]))
+
+    def sizes(self, eval_set: EvalSet) -> dict[str, int]:
+        """Number of test examples per language of one evaluation set."""
+        return self._select(eval_set).groupby("language", sort=False)["n"].first().to_dict()
+
+    def correctness(self, arm: str, eval_set: EvalSet, language: str) -> dict[int, np.ndarray]:
+        """Per seed, the arm's 0/1 correctness vector on one test set (empty if the arm lacks it)."""
+        rows = self._select(eval_set)
+        rows = rows[(rows["arm"] == arm) & (rows["language"] == language)]
+        return dict(zip(rows["seed"].tolist(), rows["correct"]))
+
+    def _select(self, eval_set: EvalSet) -> pd.DataFrame:
+        return self.rows[(self.rows["task"] == eval_set[0]) & (self.rows["split"] == eval_set[1])]
+
+
+def _read_rows(path: Path) -> pd.DataFrame:
+    """All cells as strings, with the file line of each row in column `line`."""
+    try:
+        if path.suffix == ".csv":
+            table = pd.read_csv(path, dtype=str, keep_default_na=False)
+            table["line"] = np.arange(len(table)) + 2
+            return table
+        records = [(number, json.loads(text)) for number, text in enumerate(path.read_text().splitlines(), 1) if text.strip()]
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise XstiltsError(f"{path}: unreadable table ({str(error).splitlines()[0]})") from None
+    except json.JSONDecodeError as error:
+        raise XstiltsError(f"{path}: invalid JSON line ({error.msg})") from None
+    table = pd.DataFrame([record for _, record in records])
+    table = table.map(lambda value: "" if value is None else str(value))
+    table["line"] = [number for number, _ in records]
+    return table
+
+
+def _typed(table: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """Check the columns are present, parse the typed ones and check value ranges."""
+    if table.empty:
+        raise XstiltsError(f"{path}: no rows")
+    for column in COLUMNS:
+        if column not in table.columns:
+            raise XstiltsError(f"{path}: missing column {column!r}")
+    rows = table[[*COLUMNS, "line"]].copy()
+    for column, (parse, expected) in PARSERS.items():
+        values = []
+        for line, text in zip(rows["line"], rows[column]):
+            try:
+                values.append(parse(text))
+            except ValueError:
+                raise XstiltsError(f"{path}:{line}: column {column!r}: {text!r} is not {expected}") from None
+        rows[column] = values
+    checks = {
+        "group": (rows["group"].isin(GROUPS), f"one of {', '.join(GROUPS)}"),
+        "accuracy": (rows["accuracy"].between(0, 1), "between 0 and 1"),
+        "n": (rows["n"] > 0, "positive"),
+        "intermediate_examples": (rows["intermediate_examples"] >= 0, "non-negative"),
+    }
+    checks |= {column: (rows[column] != "", "non-empty") for column in ("arm", "task", "split", "language", "predictions")}
+    for column, (valid, expected) in checks.items():
+        if not valid.all():
+            first = valid.idxmin()
+            raise XstiltsError(f"{path}:{table.at[first, 'line']}: column {column!r}: {table.at[first, column]!r} "
+                               f"is not {expected}")
+    return rows
+
+
+def _check_structure(rows: pd.DataFrame, path: Path) -> None:
+    """One baseline arm, one group per arm, no duplicated arm x seed x test set."""
+    key = ["arm", "seed", "task", "split", "language"]
+    duplicated = rows[rows.duplicated(key)]
+    if not duplicated.empty:
+        row = duplicated.iloc[0]
+        raise XstiltsError(f"{path}:{row['line']}: duplicate row for arm {row['arm']!r}, seed {row['seed']}, "
+                           f"{row['task']}/{row['split']}/{row['language']}")
+    groups = rows.drop_duplicates(["arm", "group"])
+    conflicting = groups[groups.duplicated("arm")]
+    if not conflicting.empty:
+        row = conflicting.iloc[0]
+        raise XstiltsError(f"{path}:{row['line']}: column 'group': arm {row['arm']!r} is {row['group']!r} here "
+                           f"but {groups.loc[groups['arm'] == row['arm'], 'group'].iloc[0]!r} in an earlier row")
+    baselines = rows.loc[rows["group"] == BASELINE_GROUP].drop_duplicates("arm")
+    if baselines.empty:
+        raise XstiltsError(f"{path}: no baseline arm (no row with group {BASELINE_GROUP!r})")
+    if (rows["group"] == BASELINE_GROUP).all():
+        raise XstiltsError(f"{path}: only the baseline arm; there is nothing to compare")
+    if len(baselines) > 1:
+        row = baselines.iloc[1]
+        raise XstiltsError(f"{path}:{row['line']}: a second baseline arm {row['arm']!r} "
+                           f"(the first is {baselines['arm'].iloc[0]!r})")
+
+
+def _read_predictions(study_dir: Path, row: pd.Series, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(example indices, 0/1 correctness) of one row's predictions file, sorted by index and checked
+    against the row's `n` and `accuracy`."""
+    file = study_dir / row["predictions"]
+    where = f"{path.name} line {row['line']}"
+    try:
+        table = pd.read_csv(file, dtype=str, keep_default_na=False)
+    except FileNotFoundError:
+        raise XstiltsError(f"{file}: predictions file not found ({where})") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise XstiltsError(f"{file}: unreadable predictions ({str(error).splitlines()[0]})") from None
+    for column in PREDICTION_COLUMNS:
+        if column not in table.columns:
+            raise XstiltsError(f"{file}: missing column {column!r}")
+    for column, allowed in (("index", None), ("correct", {0, 1})):
+        values = pd.to_numeric(table[column], errors="coerce")
+        bad = values.isna() | (values % 1 != 0) | (~values.isin(list(allowed)) if allowed else False)
+        if bad.any():
+            first = int(np.flatnonzero(bad.to_numpy())[0])
+            expected = "0 or 1" if allowed else "an integer"
+            raise XstiltsError(f"{file}:{first + 2}: column {column!r}: {table[column].iloc[first]!r} is not {expected}")
+        table[column] = values.astype(int)
+    repeated = table["index"].duplicated()
+    if repeated.any():
+        first = int(np.flatnonzero(repeated.to_numpy())[0])
+        raise XstiltsError(f"{file}:{first + 2}: column 'index': duplicate example index {table['index'].iloc[first]}")
+    if len(table) != row["n"]:
+        raise XstiltsError(f"{path}:{row['line']}: column 'n' is {row['n']} but {file} has {len(table)} predictions")
+    table = table.sort_values("index")
+    correct = table["correct"].to_numpy(dtype=float)
+    if abs(correct.mean() - row["accuracy"]) > ACCURACY_TOLERANCE:
+        raise XstiltsError(f"{path}:{row['line']}: column 'accuracy' is {row['accuracy']:.4f} but the mean of "
+                           f"'correct' in {file} is {correct.mean():.4f}")
+    return table["index"].to_numpy(), correct
+
+
+def load_results(study_dir: Path) -> Results:
+    """Read `results.csv` (else `results.jsonl`) and every predictions file it names; errors name the file and line.
+
+    Rows of one task/split/language must share their test examples (the same set of example indices)."""
+    path = next((study_dir / name for name in ("results.csv", "results.jsonl") if (study_dir / name).is_file()), None)
+    if path is None:
+        raise XstiltsError(f"{study_dir}: no results.csv or results.jsonl (has the study finished?)")
+    rows = _typed(_read_rows(path), path)
+    _check_structure(rows, path)
+    reference: dict[tuple[str, str, str], tuple[np.ndarray, str]] = {}
+    correct = []
+    for _, row in rows.iterrows():
+        indices, values = _read_predictions(study_dir, row, path)
+        test_set = (row["task"], row["split"], row["language"])
+        first_indices, first_file = reference.setdefault(test_set, (indices, row["predictions"]))
+        if not np.array_equal(indices, first_indices):
+            raise XstiltsError(f"{study_dir / row['predictions']}: example indices differ from {first_file} "
+                               f"(rows of {'/'.join(test_set)} must share their test examples)")
+        correct.append(values)
+    rows["correct"] = pd.Series(correct, index=rows.index, dtype=object)
+    return Results(path, rows.reset_index(drop=True))
