@@ -1,0 +1,118 @@
+"""Training throughput: xstilts vs the Hugging Face Trainer as `run_xnli.py` configures it by default
+(padding to max length, fp32), on the embedded model and the local MNLI slice, same hyperparameters and
+number of optimizer steps. Each side runs in its own subprocess so its peak RSS is its own.
+
+    python benchmarks/bench_train.py --short      # quick check (20 steps, 640 pairs)
+    python benchmarks/bench_train.py              # full figures (1 epoch of the 8,999-pair slice)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (DATA_DIR, accuracy, examples, matmul_peak_tflops, non_embedding_parameters,  # noqa: E402
+                    peak_rss_mb, reference_model, write_results)
+
+LR, BATCH, MAX_LENGTH, WARMUP, DECAY, SEED = 5e-5, 32, 128, 0.1, 0.01, 13
+
+
+def run_reference(steps: int) -> dict:
+    """HF Trainer, run_xnli.py defaults: pad to max_length, fp32."""
+    import datasets
+    from transformers import AutoTokenizer, Trainer, TrainingArguments
+
+    from xstilts.embedded_model import ensure_default_model
+
+    tokenizer = AutoTokenizer.from_pretrained(str(ensure_default_model()))
+
+    def encode(rows):
+        encoded = tokenizer([r.text_a for r in rows], [r.text_b for r in rows], padding="max_length",
+                            max_length=MAX_LENGTH, truncation=True)
+        return datasets.Dataset.from_dict({**encoded, "label": [r.label for r in rows]})
+
+    train, dev = encode(examples("mnli", "train")), encode(examples("mnli", "dev"))
+    model = reference_model()
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=BATCH, per_device_eval_batch_size=8,
+                                 learning_rate=LR, max_steps=steps, warmup_ratio=WARMUP, weight_decay=DECAY,
+                                 max_grad_norm=1.0, save_strategy="no", report_to=[], seed=SEED, use_cpu=True,
+                                 logging_steps=max(1, steps // 5), disable_tqdm=True)
+        trainer = Trainer(model=model, args=args, train_dataset=train)
+        seconds = trainer.train().metrics["train_runtime"]
+        dev_predictions = trainer.predict(dev).predictions.argmax(-1)
+    seen = steps * BATCH
+    real_tokens = float(np.array(train["attention_mask"]).sum(1).mean() * seen)
+    return {"seconds": seconds, "examples": seen, "real_tokens": real_tokens, "padded_tokens": seen * MAX_LENGTH,
+            "dev_accuracy": accuracy(dev_predictions, dev["label"]),
+            "non_embedding_parameters": non_embedding_parameters(model), "peak_rss_mb": peak_rss_mb()}
+
+
+def run_xstilts(steps: int) -> dict:
+    """xstilts' default path: bf16 autocast where supported, dynamic padding, length grouping, vocab trim."""
+    from xstilts.config import TaskData, TrainConfig
+    from xstilts.phases import Context, train_node
+    from xstilts.tasks import load_registry
+
+    ctx = Context.create("embedded", load_registry(), DATA_DIR, MAX_LENGTH, "auto")
+    config = TrainConfig(max_steps=steps, lr=LR, batch_size=BATCH, warmup_ratio=WARMUP, weight_decay=DECAY,
+                         eval_every=steps, select_best=False, checkpoint_every=10**9)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = train_node(ctx, Path(tmp) / "phase", tasks=[TaskData(task="mnli")], train=config, seed=SEED,
+                            description="xstilts")
+    metrics = result["metrics"]
+    return {"seconds": metrics["train_seconds"], "examples": metrics["train_examples"],
+            "real_tokens": metrics["tokens_per_second"] * metrics["train_seconds"],
+            "dev_accuracy": metrics["history"][-1]["dev"]["mnli"], "precision": result["precision"],
+            "non_embedding_parameters": non_embedding_parameters(reference_model()), "peak_rss_mb": peak_rss_mb()}
+
+
+def summarise(reference: dict, xstilts: dict) -> dict:
+    """Throughputs, FLOP/s against the measured matmul peaks, and the ratios the issue asks for."""
+    import torch
+
+    peaks = {"fp32": matmul_peak_tflops(torch.float32), "bf16": matmul_peak_tflops(torch.bfloat16)}
+    sides = {"reference": reference, "xstilts": xstilts}
+    for side in sides.values():
+        side["examples_per_second"] = side["examples"] / side["seconds"]
+        side["real_tokens_per_second"] = side["real_tokens"] / side["seconds"]
+        # 6 FLOPs per parameter per real token (forward + backward), attention ignored
+        side["achieved_tflops"] = 6 * side["non_embedding_parameters"] * side["real_tokens_per_second"] / 1e12
+        side["fraction_of_peak"] = {k: side["achieved_tflops"] / v for k, v in peaks.items()}
+    return {"sides": sides, "matmul_peak_tflops": peaks,
+            "train_speedup": xstilts["examples_per_second"] / reference["examples_per_second"],
+            "rss_ratio": xstilts["peak_rss_mb"] / reference["peak_rss_mb"],
+            "dev_accuracy_delta": xstilts["dev_accuracy"] - reference["dev_accuracy"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--short", action="store_true", help="20 optimizer steps instead of one epoch")
+    parser.add_argument("--steps", type=int, help="optimizer steps (default: 20 short, 282 = one epoch full)")
+    parser.add_argument("--side", choices=["reference", "xstilts"], help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train.json"))
+    args = parser.parse_args()
+    steps = args.steps or (20 if args.short else 282)
+    if args.side:
+        print(json.dumps((run_reference if args.side == "reference" else run_xstilts)(steps)))
+        return
+    sides = {}
+    for side in ("reference", "xstilts"):
+        started = time.perf_counter()
+        output = subprocess.run([sys.executable, __file__, "--side", side, "--steps", str(steps)], check=True,
+                                capture_output=True, text=True).stdout
+        sides[side] = json.loads(output.strip().splitlines()[-1])
+        print(f"{side}: {time.perf_counter() - started:.0f}s", file=sys.stderr)
+    write_results(args.out, {"mode": "short" if args.short else "full", "steps": steps, **summarise(**sides)})
+
+
+if __name__ == "__main__":
+    main()
