@@ -11,3 +11,45 @@ def shared_data_dir() -> Path:
     """The shared data directory: ``$XSTILTS_DATA_DIR``, else ``<repo>/../shared/data``."""
     env = os.environ.get("XSTILTS_DATA_DIR")
     return Path(env) if env else (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A randomly initialised 2-layer BERT (hidden 32) with the real XLM-R tokenizer of the embedded model.
+
+    The vocabulary is the full 250,037 rows of mE5-small so that real multilingual text tokenizes exactly
+    as with the embedded model; the tokenizer files are the ones `xstilts.embedded_model` writes.
+    """
+    import json
+    import shutil
+
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from xstilts import embedded_model as em
+
+    out = tmp_path_factory.mktemp("tiny-model")
+    config = BertConfig(
+        vocab_size=250037, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=512, pad_token_id=1, bos_token_id=0, eos_token_id=2, architectures=["BertModel"],
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(out)
+    # Reuse the converter's tokenizer files (no public helper writes tokenizer_config.json on its own).
+    shutil.copyfile(em.tokenizer_json(), out / "tokenizer.json")
+    (out / "tokenizer_config.json").write_text(json.dumps(em._TOKENIZER_CONFIG, indent=2) + "\n")
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert (tokenizer.bos_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id) == (0, 1, 2)
+    return out
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Run torch on one thread for a module: on a 2-core machine shared with another training run, two
+    spinning OpenMP threads are many times slower than one (measured: tiny-model steps ~170x slower)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -26,7 +26,7 @@ SUBSETS = ("in-language", "other languages", "size-matched", "natural-size")
 
 @dataclass(frozen=True)
 class Analysis:
-    """Per-cell results (`cells`, replicates row-aligned in `replicates`) and group comparisons (`groups`).
+    """Per-cell results (`cells`) and group comparisons (`groups`).
 
     cells: arm, group, task, split, language (AVERAGE for the mean over languages), n, seeds, accuracy and
     accuracy_std (over seeds), delta (change against the baseline) and delta_std (over seed-paired changes),
@@ -37,7 +37,6 @@ class Analysis:
 
     results: Results
     cells: pd.DataFrame
-    replicates: np.ndarray
     groups: pd.DataFrame
     n_resamples: int
     seed: int
@@ -85,7 +84,8 @@ def _test_set_cells(results: Results, eval_set: EvalSet, language: str, n_resamp
                         "seed_accuracy": accuracy,
                         "seed_delta": {seed: accuracy[seed] - float(baseline[seed].mean()) for seed in seeds}})
         if arm != results.baseline:
-            differences.append(paired_differences(np.stack([runs[s] for s in seeds]), np.stack([baseline[s] for s in seeds])))
+            differences.append(paired_differences(np.stack([runs[seed] for seed in seeds]),
+                                                  np.stack([baseline[seed] for seed in seeds])))
     replicates = resample_means(np.stack(differences), n_resamples, rng) if differences else np.empty((n_resamples, 0))
     arm_records = (record for record in records if record["arm"] != results.baseline)
     for record, difference, column in zip(arm_records, differences, replicates.T):
@@ -112,7 +112,8 @@ def _cells(results: Results, n_resamples: int, seed: int) -> tuple[pd.DataFrame,
     rng = np.random.default_rng(seed)
     records = []
     for eval_set in results.eval_sets:
-        per_language = [_test_set_cells(results, eval_set, language, n_resamples, rng) for language in results.languages(eval_set)]
+        per_language = [_test_set_cells(results, eval_set, language, n_resamples, rng)
+                        for language in results.languages(eval_set)]
         by_arm: dict[str, list[dict]] = {}
         for record in (record for language in per_language for record in language):
             by_arm.setdefault(record["arm"], []).append(record)
@@ -156,7 +157,8 @@ def _group_rows(cells: pd.DataFrame, replicates: np.ndarray, eval_set: EvalSet, 
         for group in ARM_GROUPS:
             selected = (mask & (cells["group"] == group)).to_numpy()
             if selected.any():
-                effects[group] = (cells.loc[selected, "delta"].mean(), replicates[selected].mean(axis=0), int(selected.sum()))
+                effects[group] = (cells.loc[selected, "delta"].mean(), replicates[selected].mean(axis=0),
+                                  int(selected.sum()))
         if ENGLISH in effects and LOW_RESOURCE in effects:
             (english, english_reps, english_cells), (low, low_reps, low_cells) = effects[ENGLISH], effects[LOW_RESOURCE]
             effects[DIFFERENCE] = (english - low, english_reps - low_reps, english_cells + low_cells)
@@ -170,4 +172,4 @@ def analyse(results: Results, n_resamples: int = 1000, seed: int = 0) -> Analysi
     cells, replicates = _cells(results, n_resamples, seed)
     rows = [row for eval_set in results.eval_sets
             for row in _group_rows(cells, replicates, eval_set, results.languages(eval_set))]
-    return Analysis(results, cells, replicates, pd.DataFrame(rows), n_resamples, seed)
+    return Analysis(results, cells, pd.DataFrame(rows), n_resamples, seed)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import pandas as pd
-
 from xstilts.report.analysis import ARM_GROUPS, AVERAGE, DIFFERENCE, SUBSETS, Analysis
 from xstilts.report.findings import caveats, findings
-from xstilts.report.formatting import GROUP_NAMES, capitalised, points, span, with_std
+from xstilts.report.formatting import GROUP_NAMES, bracketed, capitalised, plural, span, with_std
 from xstilts.report.plots import plot_file
 from xstilts.report.protocol import Protocol, flatten, text
 from xstilts.report.render import Block, Bullets, Heading, Image, Paragraph, Table
@@ -47,8 +45,16 @@ def main_table(analysis: Analysis, eval_set: EvalSet) -> Table:
     return Table(["arm", *columns], rows, caption, sections, numeric=True)
 
 
-def _estimate_text(row: pd.Series) -> str:
-    return f"{points(row['value'])} [{points(row['ci_low'])}, {points(row['ci_high'])}]"
+def _arm_table(analysis: Analysis, eval_set: EvalSet) -> Table:
+    """Each arm's change in average accuracy with its interval, raw and Holm-adjusted p-values."""
+    cells = analysis.cells_of(eval_set)
+    averages = cells[(cells["language"] == AVERAGE) & (cells["group"] != BASELINE_GROUP)]
+    rows = [[row["arm"], GROUP_NAMES[row["group"]], bracketed(row["delta"], row["ci_low"], row["ci_high"]),
+             f"{row['p']:.3g}", f"{row['p_holm']:.3g}" + ("*" if row["significant"] else "")]
+            for _, row in averages.iterrows()]
+    return Table(["arm", "group", f"change in average accuracy [{CONFIDENCE:.0%} CI]", "p", "p (Holm)"], rows,
+                 "Change of each arm's accuracy averaged over languages, in points, against the baseline.",
+                 numeric=True)
 
 
 def _group_table(analysis: Analysis, eval_set: EvalSet, kind: str, scopes: list[str], caption: str) -> Table:
@@ -66,9 +72,11 @@ def _group_table(analysis: Analysis, eval_set: EvalSet, kind: str, scopes: list[
                 row.append("–")
                 continue
             cell = rows.loc[(scope, group)]
-            row.append(_estimate_text(cell) + (f"\n{cell['cells']} cells" if kind == "subset" else ""))
+            row.append(bracketed(cell["value"], cell["ci_low"], cell["ci_high"])
+                       + (f"\n{cell['cells']} cells" if kind == "subset" else ""))
         if DIFFERENCE in groups:
-            row.append(f"{rows.loc[(scope, DIFFERENCE), 'p_value']:.3g}" if (scope, DIFFERENCE) in rows.index else "–")
+            found = (scope, DIFFERENCE) in rows.index
+            row.append(f"{rows.loc[(scope, DIFFERENCE), 'p_value']:.3g}" if found else "–")
         body.append(row)
     return Table(header, body, caption, numeric=True)
 
@@ -80,8 +88,9 @@ def _results_section(analysis: Analysis, eval_set: EvalSet) -> list[Block]:
     return [
         Heading(f"Results: {name}"),
         main_table(analysis, eval_set),
-        Image(plot_file("heatmap", eval_set), f"Change in accuracy (points) of each arm against the baseline on {name}; "
-              "* marks changes significant after Holm correction."),
+        _arm_table(analysis, eval_set),
+        Image(plot_file("heatmap", eval_set), f"Change in accuracy (points) of each arm against the baseline on "
+              f"{name}; * marks changes significant after Holm correction."),
         Heading(f"Group comparison: {name}", 3),
         _group_table(analysis, eval_set, "language", [*languages, AVERAGE],
                      f"Mean change in accuracy (points) of the arms of each group, [{interval}]; the last columns "
@@ -91,7 +100,8 @@ def _results_section(analysis: Analysis, eval_set: EvalSet) -> list[Block]:
                      "(in-language) or not (other languages), and to size-matched or natural-size arms."),
         Image(plot_file("groups", eval_set), f"Mean change per group of arms on {name}, with {interval}s."),
         Image(plot_file("size", eval_set), f"Average accuracy on {name} against the number of intermediate "
-              "training examples; error bars are ± std over seeds, the dashed line is the baseline."),
+              "training examples; error bars are ± std over seeds, the dashed line and band are the baseline's "
+              "mean ± std; arms of about the same size are drawn side by side."),
     ]
 
 
@@ -137,15 +147,15 @@ def _protocol(analysis: Analysis, protocol: Protocol) -> list[Block]:
     for arm, info in results.arms.iterrows():
         spec = protocol.arms.get(arm, {})
         settings = [f"{key} = {value}" for key, value in flatten(_given(spec, ARM_SPEC_SHOWN))]
-        arm_rows.append([arm, info["group"], "\n".join(protocol.arm_tasks(arm)) or "–", ", ".join(info["languages"]) or "–",
-                         "yes" if info["size_matched"] else "no", f"{info['intermediate_examples']:,.0f}",
-                         "\n".join(settings) or "–"])
+        arm_rows.append([arm, info["group"], "\n".join(protocol.arm_tasks(arm)) or "–",
+                         ", ".join(info["languages"]) or "–", "yes" if info["size_matched"] else "no",
+                         f"{info['intermediate_examples']:,.0f}", "\n".join(settings) or "–"])
     blocks.append(Table(["arm", "group", "intermediate tasks", "languages", "size-matched", "intermediate examples",
                          "arm settings"], arm_rows, "Arms: intermediate data and training settings (training "
                         "settings not listed here are the study's intermediate_train)."))
     evaluation_rows = []
     for eval_set in results.eval_sets:
-        spec = _given(protocol.evaluate.get(eval_set[0], {}), ("task",))
+        spec = _given(protocol.evaluate.get(eval_set, {}), ("task", "split"))
         evaluation_rows.append([eval_set[0], eval_set[1], ", ".join(results.languages(eval_set)),
                                 span(results.sizes(eval_set).values()),
                                 "; ".join(f"{key} = {value}" for key, value in flatten(spec)) or "–"])
@@ -163,12 +173,12 @@ def build_document(analysis: Analysis, protocol: Protocol, title: str) -> list[B
     """All blocks of the report, in order."""
     results = analysis.results
     sets = ", ".join(f"{task} {split}" for task, split in results.eval_sets)
-    description = text(protocol.study.get("description")) if protocol.study.get("description") else ""
+    question = text(protocol.study.get("description") or QUESTION)
     return [
         Heading(title, 1),
-        Paragraph(f"Question: {QUESTION} Each of the {len(results.arms) - 1} intermediate-task arms is compared with "
-                  f"the baseline arm {results.baseline!r} (no intermediate training) on {sets}, over "
-                  f"{len(results.seeds)} seeds. {description}".strip()),
+        Paragraph(f"{question} Each of the {len(results.arms) - 1} intermediate-task arms is compared with the "
+                  f"baseline arm {results.baseline!r} (no intermediate training) on {sets}, over "
+                  f"{plural(len(results.seeds), 'seed')}."),
         Heading("Findings"),
         *(Paragraph(paragraph) for paragraph in findings(analysis)),
         Heading("Caveats", 3),

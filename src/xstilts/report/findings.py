@@ -10,7 +10,7 @@ from xstilts.report.protocol import Protocol
 from xstilts.report.results import BASELINE_GROUP, EvalSet
 from xstilts.report.statistics import ALPHA
 
-FULL_TEST_SIZES = {"xnli": 5010}
+FULL_TEST_SIZES = {"xnli": 5010, "americasnli": 750}  # test examples per language
 MIN_SEEDS = 3
 LISTED = 3
 
@@ -50,7 +50,8 @@ def _answer(analysis: Analysis, eval_set: EvalSet) -> list[str]:
                             "English or low-resource intermediate tasks help more."]
     difference = overall.loc[DIFFERENCE]
     english_ahead = difference["value"] >= 0
-    winner, loser = (GROUP_NAMES[group] for group in ((ENGLISH, LOW_RESOURCE) if english_ahead else (LOW_RESOURCE, ENGLISH)))
+    ranked = (ENGLISH, LOW_RESOURCE) if english_ahead else (LOW_RESOURCE, ENGLISH)
+    winner, loser = (GROUP_NAMES[group] for group in ranked)
     stated = (f"the English − low-resource difference is {points(difference['value'])} points "
               f"({interval(difference['ci_low'], difference['ci_high'])}, {p_value(difference['p_value'])})")
     if difference["ci_low"] > 0 or difference["ci_high"] < 0:
@@ -64,8 +65,9 @@ def _answer(analysis: Analysis, eval_set: EvalSet) -> list[str]:
     if not ahead.empty:
         where.append(f"the advantage of the {winner} arms (in points) is largest in {_languages(ahead, True)}")
     if not behind.empty:
+        lead = _languages(behind.assign(value=-behind["value"]), True)
         where.append(f"the {loser} arms are ahead in {plural(len(behind), 'language')}"
-                     f"{', most in' if len(behind) > LISTED else ':'} {_languages(behind.assign(value=-behind['value']), True)}")
+                     f"{', most in' if len(behind) > LISTED else ':'} {lead}")
     if where:
         sentences.append(capitalised("; ".join(where)) + ".")
     per_group = [f"{GROUP_NAMES[group]} arms do best in {_languages(languages[languages['group'] == group], True)}"
@@ -79,9 +81,11 @@ def _significance(analysis: Analysis, eval_set: EvalSet) -> list[str]:
     tested = cells[(cells["group"] != BASELINE_GROUP) & (cells["language"] != AVERAGE)]
     significant = tested[tested["significant"]]
     gains = int((significant["delta"] > 0).sum())
-    sentences = [f"After Holm correction over all {analysis.n_tests} tests of this report, {len(significant)} of the "
-                 f"{len(tested)} arm × language changes on {eval_set[0]} {'is' if len(significant) == 1 else 'are'} "
-                 f"significant at α = {ALPHA} ({plural(gains, 'gain')}, {plural(len(significant) - gains, 'loss')})."]
+    counted = (f"{len(significant)} of the {len(tested)} arm × language changes on {eval_set[0]} "
+               f"{'is' if len(significant) == 1 else 'are'} significant at α = {ALPHA} "
+               f"({plural(gains, 'gain')}, {plural(len(significant) - gains, 'loss')})" if len(significant) else
+               f"none of the {len(tested)} arm × language changes on {eval_set[0]} is significant at α = {ALPHA}")
+    sentences = [f"After Holm correction over all {analysis.n_tests} tests of this report, {counted}."]
     averages = cells[(cells["group"] != BASELINE_GROUP) & (cells["language"] == AVERAGE)].sort_values("delta")
     if len(averages) > 1:
         best, worst = averages.iloc[-1], averages.iloc[0]
@@ -106,10 +110,21 @@ def _subsets(analysis: Analysis, eval_set: EvalSet) -> list[str]:
     if absent:
         sentences.append(f"No {eval_set[0]} language is in the intermediate data of the {_enumerate(absent)} arms, "
                          "so their effect there is purely cross-lingual.")
-    sizes = [f"{_effect(subsets.loc[(subset, DIFFERENCE)])} among {subset} arms"
-             if (subset, DIFFERENCE) in subsets.index else f"not estimable among {subset} arms (a group has none)"
-             for subset in ("size-matched", "natural-size")]
-    if any((subset, DIFFERENCE) in subsets.index for subset in ("size-matched", "natural-size")):
+    scopes = subsets.index.get_level_values("scope")
+    present = [subset for subset in ("size-matched", "natural-size") if subset in scopes]
+    if present == ["size-matched"]:
+        arms = analysis.results.arms
+        sizes = arms.loc[arms["group"] != BASELINE_GROUP, "intermediate_examples"].round().astype(int)
+        sentences.append(f"All arms are size-matched ({span(sizes)} intermediate examples)." if sizes.nunique() > 1
+                         else f"All arms are size-matched ({sizes.iloc[0]:,} intermediate examples each), so data "
+                         "size does not confound the group comparison.")
+    elif present == ["natural-size"]:
+        sentences.append("No arm is size-matched, so the groups may differ in intermediate data size as well as in "
+                         "language.")
+    elif any((subset, DIFFERENCE) in subsets.index for subset in present):
+        sizes = [f"{_effect(subsets.loc[(subset, DIFFERENCE)])} among {subset} arms"
+                 if (subset, DIFFERENCE) in subsets.index else f"not estimable among {subset} arms (a group has none)"
+                 for subset in present]
         sentences.append(f"The English − low-resource difference is {_enumerate(sizes)}.")
     return sentences
 
@@ -117,8 +132,7 @@ def _subsets(analysis: Analysis, eval_set: EvalSet) -> list[str]:
 def findings(analysis: Analysis) -> list[str]:
     """Paragraphs per evaluation set (the target XNLI first): the answer, its significance, the subsets."""
     return [" ".join(sentences) for eval_set in analysis.results.eval_sets
-            for sentences in (_answer(analysis, eval_set), _significance(analysis, eval_set), _subsets(analysis, eval_set))
-            if sentences]
+            for sentences in (writer(analysis, eval_set) for writer in (_answer, _significance, _subsets)) if sentences]
 
 
 def caveats(analysis: Analysis, protocol: Protocol) -> list[str]:

@@ -27,6 +27,11 @@ def interval(low: float, high: float) -> str:
     return f"{CONFIDENCE:.0%} CI {points(low)} to {points(high)}"
 
 
+def bracketed(value: float, low: float, high: float) -> str:
+    """A change with its interval for table cells, e.g. '+1.2 [+0.4, +2.1]'."""
+    return f"{points(value)} [{points(low)}, {points(high)}]"
+
+
 def p_value(p: float) -> str:
     """'p < 0.001' or 'p = 0.012'."""
     return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"

@@ -12,6 +12,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.transforms import offset_copy
 
 from xstilts.report.analysis import ARM_GROUPS, AVERAGE, Analysis
 from xstilts.report.formatting import GROUP_NAMES, capitalised, plural, points
@@ -23,6 +24,7 @@ STYLE = {"font.size": 12, "axes.titlesize": 14, "axes.labelsize": 13, "xtick.lab
          "legend.fontsize": 11}
 DPI = 150
 LABEL_GAP, LABEL_NEAR = 0.05, 0.15  # arm labels in the size plot: spacing and "same size", in axes fractions
+DODGE, SAME_SIZE = 10.0, 1.03  # arms within 3% of each other's size are drawn side by side, 10 points apart
 
 
 def _heatmap(analysis: Analysis, eval_set: EvalSet) -> Figure:
@@ -32,16 +34,17 @@ def _heatmap(analysis: Analysis, eval_set: EvalSet) -> Figure:
     arms = analysis.results.arms
     arms = arms[arms.index.isin(cells["arm"])]
     columns = [*analysis.results.languages(eval_set), AVERAGE]
-    values = 100 * cells.pivot(index="arm", columns="language", values="delta").reindex(index=arms.index, columns=columns)
-    marks = cells.pivot(index="arm", columns="language", values="significant").reindex(index=arms.index, columns=columns).eq(True)
-    limit = max(float(np.nanmax(np.abs(values.to_numpy()))), 0.5)
+    grid = {name: cells.pivot(index="arm", columns="language", values=name).reindex(index=arms.index, columns=columns)
+            for name in ("delta", "significant")}
+    values, marks = 100 * grid["delta"].to_numpy(dtype=float), grid["significant"].eq(True)
+    limit = max(float(np.nanmax(np.abs(values))), 0.5)
     figure = Figure(figsize=(max(8.0, 0.8 * len(columns) + 4), 2.0 + 0.6 * len(arms)), layout="constrained")
     axes = figure.add_subplot()
-    image = axes.imshow(values.to_numpy(), cmap="RdBu", norm=TwoSlopeNorm(0, -limit, limit), aspect="auto")
-    for (row, column), value in np.ndenumerate(values.to_numpy()):
+    image = axes.imshow(values, cmap="RdBu", norm=TwoSlopeNorm(0, -limit, limit), aspect="auto")
+    for (row, column), value in np.ndenumerate(values):
         if not np.isnan(value):
             mark = "*" if marks.iat[row, column] else ""
-            axes.text(column, row, f"{value:+.1f}{mark}".replace("-", "−"), ha="center", va="center", fontsize=11,
+            axes.text(column, row, points(value / 100) + mark, ha="center", va="center", fontsize=11,
                       color="white" if abs(value) > 0.6 * limit else "black")
     axes.set_xticks(range(len(columns)), labels=columns)
     axes.set_yticks(range(len(arms)), labels=[f"{arm} ({GROUP_NAMES[group]})" for arm, group in arms["group"].items()])
@@ -85,26 +88,44 @@ def _group_bars(analysis: Analysis, eval_set: EvalSet) -> Figure:
     return figure
 
 
-def _label_arms(axes: Axes, arms: pd.DataFrame) -> None:
+def _dodge(sizes: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Per arm, a horizontal offset in points that puts arms of about the same size side by side, and the id of
+    its group of such arms."""
+    ordered = sizes.sort_values(kind="stable")
+    values = ordered.to_numpy(float)
+    clusters = pd.Series(np.cumsum(np.r_[0, values[1:] > SAME_SIZE * values[:-1]]), index=ordered.index)
+    ranks = clusters.groupby(clusters).cumcount()
+    counts = clusters.map(clusters.value_counts())
+    return (DODGE * (ranks - (counts - 1) / 2)).reindex(sizes.index), clusters.reindex(sizes.index)
+
+
+def _label_arms(axes: Axes, arms: pd.DataFrame, offsets: pd.Series, clusters: pd.Series) -> None:
     """Name each arm right of its marker; labels of arms of about the same size are pushed apart vertically."""
+    figure = axes.get_figure()
     (x_low, x_high), (y_low, y_high) = axes.get_xlim(), axes.get_ylim()
     scale = np.log10 if axes.get_xscale() == "log" else (lambda values: values)
-    x = (scale(arms["intermediate_examples"].to_numpy(float)) - scale(x_low)) / (scale(x_high) - scale(x_low))
-    y = (100 * arms["accuracy"].to_numpy() - y_low) / (y_high - y_low)
-    placed: list[tuple[float, float]] = []  # (x, label height) in axes fractions
-    for index in np.argsort(-y):
-        height = y[index]
-        for other_x, other_height in sorted(placed, key=lambda label: -label[1]):
-            if abs(x[index] - other_x) < LABEL_NEAR and height > other_height - LABEL_GAP:
-                height = other_height - LABEL_GAP
-        placed.append((x[index], height))
-        leader = {"arrowstyle": "-", "color": "grey", "linewidth": 0.6} if height != y[index] else None
-        axes.annotate(arms.index[index], (x[index], y[index]), xytext=(x[index] + 0.02, height), xycoords="axes fraction",
-                      textcoords="axes fraction", va="center", fontsize=11, arrowprops=leader)
+    sizes, accuracy = arms["intermediate_examples"].to_numpy(float), 100 * arms["accuracy"].to_numpy()
+    x = (scale(sizes) - scale(x_low)) / (scale(x_high) - scale(x_low))
+    gap = LABEL_GAP * (y_high - y_low)
+    heights = accuracy.copy()
+    for rank, index in enumerate(np.argsort(-accuracy)):
+        for other in sorted(np.argsort(-accuracy)[:rank], key=lambda placed: -heights[placed]):
+            if abs(x[index] - x[other]) < LABEL_NEAR and heights[index] > heights[other] - gap:
+                heights[index] = heights[other] - gap
+    axes.set_ylim(min(y_low, heights.min() - gap), y_high)
+    for index, arm in enumerate(arms.index):
+        text_offset = offsets[clusters == clusters[arm]].max() + 8
+        leader = {"arrowstyle": "-", "color": "grey", "linewidth": 0.6} if heights[index] != accuracy[index] else None
+        axes.annotate(arm, (sizes[index], accuracy[index]), xytext=(sizes[index], heights[index]),
+                      xycoords=offset_copy(axes.transData, figure, x=offsets[arm], units="points"),
+                      textcoords=offset_copy(axes.transData, figure, x=text_offset, units="points"),
+                      va="center", fontsize=11, arrowprops=leader)
 
 
 def _size(analysis: Analysis, eval_set: EvalSet) -> Figure:
-    """Average accuracy of each arm against its amount of intermediate data; the baseline as a line."""
+    """Average accuracy of each arm against its amount of intermediate data; the baseline as a line.
+
+    Arms of about the same size are drawn side by side (offset by a few points) so their error bars stay apart."""
     cells = analysis.cells_of(eval_set)
     averages = cells[cells["language"] == AVERAGE].set_index("arm")
     arms = analysis.results.arms.join(averages[["accuracy", "accuracy_std"]], how="inner")
@@ -112,21 +133,24 @@ def _size(analysis: Analysis, eval_set: EvalSet) -> Figure:
     figure = Figure(figsize=(9.0, 6.0), layout="constrained")
     axes = figure.add_subplot()
     level, spread = 100 * baseline["accuracy"], 100 * np.nan_to_num(baseline["accuracy_std"])
-    axes.axhline(level, color="grey", linestyle="--", label=f"baseline ({points(baseline['accuracy'], signed=False)}%)")
+    axes.axhline(level, color="grey", linestyle="--", label=f"Baseline ({points(baseline['accuracy'], signed=False)}%)")
     axes.axhspan(level - spread, level + spread, color="grey", alpha=0.12, linewidth=0)
     trained = arms[arms["group"] != BASELINE_GROUP]
+    offsets, clusters = _dodge(trained["intermediate_examples"])
     for group in ARM_GROUPS:
-        selected = trained[trained["group"] == group]
-        if selected.empty:
-            continue
-        axes.errorbar(selected["intermediate_examples"], 100 * selected["accuracy"],
-                      yerr=100 * selected["accuracy_std"].fillna(0), fmt=GROUP_MARKERS[group], markersize=9,
-                      capsize=3, color=GROUP_COLORS[group], label=capitalised(GROUP_NAMES[group]))
-    sizes = trained["intermediate_examples"]
+        for position, (arm, row) in enumerate(trained[trained["group"] == group].iterrows()):
+            axes.errorbar([row["intermediate_examples"]], [100 * row["accuracy"]],
+                          yerr=[100 * np.nan_to_num(row["accuracy_std"])], fmt=GROUP_MARKERS[group], markersize=9,
+                          capsize=3, color=GROUP_COLORS[group],
+                          transform=offset_copy(axes.transData, figure, x=offsets[arm], units="points"),
+                          label=None if position else capitalised(GROUP_NAMES[group]))
+    sizes, spreads = trained["intermediate_examples"], 100 * trained["accuracy_std"].fillna(0)
+    for sign in (-1, 1):  # offset transforms keep the markers out of autoscaling: add their extent by hand
+        axes.update_datalim(np.column_stack([sizes, 100 * trained["accuracy"] + sign * spreads]))
     if not sizes.empty and sizes.min() > 0 and sizes.max() >= 10 * sizes.min():
         axes.set_xscale("log")
     axes.margins(x=0.15, y=0.2)
-    _label_arms(axes, trained)
+    _label_arms(axes, trained, offsets, clusters)
     axes.set_xlabel("Intermediate training examples")
     axes.set_ylabel("Average accuracy (%), ± std over seeds")
     axes.set_title(f"Average {eval_set[0]} {eval_set[1]} accuracy vs intermediate data size")

@@ -44,7 +44,8 @@ def text(value: object) -> str:
 def flatten(value: object, prefix: str = "") -> list[tuple[str, str]]:
     """Nested mappings as (dotted key, text) pairs."""
     if isinstance(value, dict):
-        return [pair for key, item in value.items() for pair in flatten(item, f"{prefix}.{key}" if prefix else str(key))]
+        return [pair for key, item in value.items()
+                for pair in flatten(item, f"{prefix}.{key}" if prefix else str(key))]
     return [(prefix, text(value))]
 
 
@@ -77,7 +78,9 @@ class Protocol:
     def arms(self) -> dict[str, dict]:
         """Arm specs by name (entries that are not mappings with a name are ignored)."""
         arms = self.study.get("arms")
-        return {str(arm["name"]): arm for arm in arms if isinstance(arm, dict) and "name" in arm} if isinstance(arms, list) else {}
+        if not isinstance(arms, list):
+            return {}
+        return {str(arm["name"]): arm for arm in arms if isinstance(arm, dict) and "name" in arm}
 
     def arm_tasks(self, arm: str) -> list[str]:
         """Labels of an arm's intermediate tasks."""
@@ -98,12 +101,13 @@ class Protocol:
         return first + flatten(rest)
 
     @property
-    def evaluate(self) -> dict[str, dict]:
-        """The spec's evaluation entries by task name."""
+    def evaluate(self) -> dict[tuple[str, str], dict]:
+        """The spec's evaluation entries by (task, split); the split defaults to test."""
         entries = self.study.get("evaluate")
         if not isinstance(entries, list):
             return {}
-        return {str(entry["task"]): entry for entry in entries if isinstance(entry, dict) and "task" in entry}
+        return {(str(entry["task"]), str(entry.get("split") or "test")): entry
+                for entry in entries if isinstance(entry, dict) and "task" in entry}
 
     @property
     def code(self) -> list[tuple[str, str]]:

@@ -99,21 +99,34 @@ class Results:
         return self.rows[(self.rows["task"] == eval_set[0]) & (self.rows["split"] == eval_set[1])]
 
 
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    """JSON lines, one object per row; missing keys and nulls become empty cells."""
+    records, lines = [], []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise XstiltsError(f"{path}:{number}: invalid JSON ({error.msg})") from None
+        if not isinstance(record, dict):
+            raise XstiltsError(f"{path}:{number}: expected a JSON object")
+        records.append(record)
+        lines.append(number)
+    table = pd.DataFrame(records, dtype=object).fillna("").map(str)
+    table["line"] = lines
+    return table
+
+
 def _read_rows(path: Path) -> pd.DataFrame:
     """All cells as strings, with the file line of each row in column `line`."""
     try:
-        if path.suffix == ".csv":
-            table = pd.read_csv(path, dtype=str, keep_default_na=False)
-            table["line"] = np.arange(len(table)) + 2
-            return table
-        records = [(number, json.loads(text)) for number, text in enumerate(path.read_text().splitlines(), 1) if text.strip()]
+        if path.suffix == ".jsonl":
+            return _read_jsonl(path)
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise XstiltsError(f"{path}: unreadable table ({str(error).splitlines()[0]})") from None
-    except json.JSONDecodeError as error:
-        raise XstiltsError(f"{path}: invalid JSON line ({error.msg})") from None
-    table = pd.DataFrame([record for _, record in records])
-    table = table.map(lambda value: "" if value is None else str(value))
-    table["line"] = [number for number, _ in records]
+    table["line"] = np.arange(len(table)) + 2
     return table
 
 
@@ -139,7 +152,8 @@ def _typed(table: pd.DataFrame, path: Path) -> pd.DataFrame:
         "n": (rows["n"] > 0, "positive"),
         "intermediate_examples": (rows["intermediate_examples"] >= 0, "non-negative"),
     }
-    checks |= {column: (rows[column] != "", "non-empty") for column in ("arm", "task", "split", "language", "predictions")}
+    required = ("arm", "task", "split", "language", "predictions")
+    checks |= {column: (rows[column] != "", "non-empty") for column in required}
     for column, (valid, expected) in checks.items():
         if not valid.all():
             first = valid.idxmin()
@@ -193,7 +207,8 @@ def _read_predictions(study_dir: Path, row: pd.Series, path: Path) -> tuple[np.n
         if bad.any():
             first = int(np.flatnonzero(bad.to_numpy())[0])
             expected = "0 or 1" if allowed else "an integer"
-            raise XstiltsError(f"{file}:{first + 2}: column {column!r}: {table[column].iloc[first]!r} is not {expected}")
+            raise XstiltsError(f"{file}:{first + 2}: column {column!r}: {table[column].iloc[first]!r} "
+                               f"is not {expected}")
         table[column] = values.astype(int)
     repeated = table["index"].duplicated()
     if repeated.any():

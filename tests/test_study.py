@@ -1,0 +1,130 @@
+"""Studies: cached graph of phases, resume after SIGKILL, adding an arm runs only new nodes, dry run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from xstilts.graph import build_graph
+from xstilts.study import run_study
+from xstilts.study_spec import StudySpec, load_study
+from xstilts.errors import XstiltsError
+
+
+def _spec(model_dir: Path, data_dir: Path, arms: list[dict], **target_train) -> dict:
+    return {
+        "name": "tiny", "model": str(model_dir), "data_dir": str(data_dir), "max_length": 64, "seeds": [3],
+        "intermediate_train": {"max_steps": 4, "batch_size": 8, "eval_every": 2},
+        "target": {"task": {"task": "mnli", "max_examples": 96},
+                   "train": {"max_steps": 6, "batch_size": 8, "eval_every": 3, **target_train}},
+        "evaluate": [{"task": "xnli", "split": "dev", "languages": ["en", "sw"], "max_examples": 40}],
+        "arms": arms,
+    }
+
+
+SNLI = {"name": "snli", "group": "english", "tasks": [{"task": "snli"}], "cap": 64}
+INDONLI = {"name": "indonli", "group": "low-resource", "tasks": [{"task": "indonli"}], "cap": 64}
+
+
+def _done_times(study_dir: Path) -> dict[str, float]:
+    return {p.parent.name: p.stat().st_mtime_ns for p in (study_dir / "nodes").glob("*/DONE")}
+
+
+def test_rerun_is_cached_and_new_arm_runs_only_new_nodes(tiny_model_dir, shared_data_dir, tmp_path, capsys):
+    study_dir = tmp_path / "study"
+    spec = StudySpec(**_spec(tiny_model_dir, shared_data_dir, [SNLI]))
+    run_study(spec, study_dir)
+    first = _done_times(study_dir)
+    assert len(first) == len(build_graph(spec).nodes) == 5  # baseline target+eval, snli inter+target+eval
+    results = pd.read_csv(study_dir / "results.csv")
+    assert sorted(results.arm.unique()) == ["baseline", "snli"] and len(results) == 4
+    capsys.readouterr()
+
+    run_study(spec, study_dir)  # everything cached: nothing is trained again
+    assert "5 cached, 0 to run" in capsys.readouterr().err
+    assert _done_times(study_dir) == first
+
+    bigger = StudySpec(**_spec(tiny_model_dir, shared_data_dir, [SNLI, INDONLI]))
+    run_study(bigger, study_dir)
+    err = capsys.readouterr().err
+    assert "5 cached, 3 to run" in err
+    after = _done_times(study_dir)
+    assert {k: after[k] for k in first} == first  # old nodes untouched
+    new = set(after) - set(first)
+    assert len(new) == 3 and {name.split("-")[0] for name in new} == {"intermediate", "target", "eval"}
+    results = pd.read_csv(study_dir / "results.csv")
+    assert sorted(results.arm.unique()) == ["baseline", "indonli", "snli"]
+    assert set(results.group) == {"baseline", "english", "low-resource"}
+    assert (results[results.arm == "indonli"].arm_languages == "id").all()
+    assert (results[results.arm == "indonli"].intermediate_examples == 64).all()
+
+
+def test_dry_run_lists_each_shared_node_once(tiny_model_dir, shared_data_dir, tmp_path, capsys):
+    spec = _spec(tiny_model_dir, shared_data_dir, [SNLI, {**SNLI, "name": "snli-again"}])
+    spec["evaluate"].append({"task": "americasnli", "split": "dev", "languages": ["aym"], "max_examples": 20})
+    run_study(StudySpec(**spec), tmp_path / "study", dry_run=True)
+    out = capsys.readouterr().out
+    graph = build_graph(StudySpec(**spec))
+    # two arms with identical intermediate training share the intermediate, target and eval nodes
+    assert len(graph.nodes) == 2 + 2 + 1 + 2 and len(graph.uses) == 6
+    for name in graph.nodes:
+        assert out.count(f" {name}") - out.count(f"<- {name}") == 1
+    shared = [line for line in out.splitlines() if "used by 2: snli/3, snli-again/3" in line]
+    assert len(shared) == 4  # intermediate, target and its two eval nodes
+    assert "7 nodes for 6 result cells; 0 cached, 7 to run" in out
+
+
+def _wait_for(path_glob: str, root: Path, process: subprocess.Popen, timeout: float = 240) -> Path:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = list(root.glob(path_glob))
+        if found:
+            return found[0]
+        assert process.poll() is None, process.stderr.read() if process.stderr else "study process ended early"
+        time.sleep(0.02)
+    raise AssertionError(f"{path_glob} never appeared")
+
+
+def test_sigkill_mid_training_then_resume_gives_identical_results(tiny_model_dir, shared_data_dir, tmp_path):
+    spec = _spec(tiny_model_dir, shared_data_dir, [], max_steps=40, checkpoint_every=4, eval_every=8)
+    spec_file = tmp_path / "study.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
+    command = [sys.executable, "-m", "xstilts.cli", "study", str(spec_file), "--output"]
+
+    interrupted = tmp_path / "interrupted"
+    process = subprocess.Popen(command + [str(interrupted)], stderr=subprocess.PIPE, text=True)
+    checkpoint = _wait_for("nodes/target-*/checkpoint/training_state.pt", interrupted, process)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not list(interrupted.glob("nodes/*/DONE")), "the kill came too late to test resuming"
+    resumed = subprocess.run(command + [str(interrupted)], capture_output=True, text=True, check=True)
+    assert "resuming at step" in resumed.stderr
+
+    clean = tmp_path / "clean"
+    subprocess.run(command + [str(clean)], capture_output=True, text=True, check=True)
+    ours, theirs = pd.read_csv(interrupted / "results.csv"), pd.read_csv(clean / "results.csv")
+    pd.testing.assert_frame_equal(ours, theirs)
+    node = checkpoint.parents[1].name
+    a, b = load_file(str(interrupted / "nodes" / node / "model.safetensors")), load_file(str(clean / "nodes" / node / "model.safetensors"))
+    assert all((a[k] == b[k]).all() for k in a)
+    history = [pd.read_json(d / "nodes" / node / "result.json", typ="series")["metrics"]["history"] for d in (interrupted, clean)]
+    assert history[0] == history[1]
+
+
+def test_shipped_studies_load_and_bad_key_is_named(tmp_path):
+    for path in Path(__file__).resolve().parents[1].glob("studies/*.yaml"):
+        spec = load_study(path)
+        assert spec.arms and len(build_graph(spec).nodes) > len(spec.arms)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nseeds: [1]\ntarget: {task: {task: mnli}}\narms: [{name: a, group: english, tasks: [{task: snli}], capp: 3}]\n")
+    with pytest.raises(XstiltsError, match=r"bad.yaml: unknown key 'arms.0.capp'"):
+        load_study(bad)

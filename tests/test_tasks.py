@@ -1,0 +1,382 @@
+"""Task registry and readers: built-in tasks on the real shared data, user tasks declared in YAML,
+and one-line errors naming the file and row (or key) for malformed input."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from xstilts.errors import XstiltsError
+from xstilts.tasks import Example, load_registry
+from xstilts.tasks.readers import read_split
+from xstilts.tasks.registry import BUILTIN_DIR
+
+NLI = ["entailment", "neutral", "contradiction"]
+XNLI_LANGUAGES = ["en", "fr", "es", "de", "el", "bg", "ru", "tr", "ar", "vi", "th", "zh", "hi", "sw", "ur"]
+AMERICAS = ["aym", "bzd", "cni", "gn", "hch", "nah", "oto", "quy", "shp", "tar"]
+
+# Rows per language as stated by the data README (/work/shared/data/README.md); AmericasNLI states ranges.
+EXPECTED_ROWS = {
+    ("xnli", "dev"): {lang: 2490 for lang in XNLI_LANGUAGES},
+    ("xnli", "test"): {lang: 5010 for lang in XNLI_LANGUAGES},
+    ("mnli", "train"): {"en": 8999},
+    ("mnli", "dev"): {"en": 1000},
+    ("snli", "train"): {"en": 8999},
+    ("snli", "dev"): {"en": 1000},
+    ("qnli", "train"): {"en": 8999},
+    ("qnli", "dev"): {"en": 1000},
+    ("qqp", "train"): {"en": 8999},
+    ("qqp", "dev"): {"en": 1000},
+    ("rte", "train"): {"en": 2240},
+    ("rte", "dev"): {"en": 249},
+    ("sst2", "train"): {"en": 6227},
+    ("sst2", "dev"): {"en": 692},
+    ("indonli", "train"): {"id": 10330},
+    ("indonli", "dev"): {"id": 2197},
+    ("indonli", "test"): {"id": 2201},  # test = test_lay
+    ("indonli-mt", "train"): {"id": 10330},
+    ("indonli-mt", "dev"): {"id": 2198 - 40},  # 40 rows have gold label '-'
+    ("klue-nli", "dev"): {"ko": 3000},
+}
+AMERICAS_RANGES = {"dev": (222, 743), "test": (738, 750)}
+SKIPPED = {("indonli-mt", "dev"): 40}
+
+
+def _one_line_error(excinfo: pytest.ExceptionInfo, *parts: str) -> str:
+    """The error's message, checked to be one line containing every part."""
+    message = str(excinfo.value)
+    assert "\n" not in message, message
+    for part in parts:
+        assert part in message, (part, message)
+    return message
+
+
+def _local_splits() -> list[tuple[str, str]]:
+    registry = load_registry()
+    return sorted((name, split) for name, spec in registry.tasks.items() if spec.local for split in spec.local.files)
+
+
+# --- built-in tasks -----------------------------------------------------------------------------------------
+
+
+def test_builtin_registry_loads_every_yaml():
+    registry = load_registry()
+    files = sorted(BUILTIN_DIR.glob("*.yaml"))
+    assert len(files) == len(registry.tasks) == 11
+    assert set(registry.tasks) == {
+        "americasnli", "indonli", "indonli-mt", "klue-nli", "mnli", "qnli", "qqp", "rte", "snli", "sst2", "xnli"}
+    for name, spec in registry.tasks.items():
+        assert spec.name == name
+        assert spec.local is not None, name  # every built-in task has local files in the shared data
+        assert len(set(spec.labels)) == len(spec.labels) >= 2
+    assert registry.get("xnli").languages == XNLI_LANGUAGES
+    assert registry.get("americasnli").languages == AMERICAS
+    assert registry.get("mnli").labels == registry.get("xnli").labels == NLI
+
+
+def test_every_local_split_is_covered_by_the_expectations():
+    covered = set(EXPECTED_ROWS) | {("americasnli", split) for split in AMERICAS_RANGES}
+    assert set(_local_splits()) == covered
+
+
+@pytest.mark.parametrize(("task", "split"), _local_splits())
+def test_builtin_split_reads_real_data(shared_data_dir, task, split):
+    spec = load_registry().get(task)
+    counts = {}
+    for language in spec.languages:
+        data = read_split(spec, split, language, shared_data_dir)
+        assert (data.task, data.split, data.language) == (task, split, language)
+        assert data.labels == spec.labels
+        assert data.skipped_unlabelled == SKIPPED.get((task, split), 0)
+        assert Path(data.source).is_file() and Path(data.source).is_relative_to(shared_data_dir)
+        assert len(data.sha256) == 64
+        labels = {example.label for example in data.examples}
+        assert labels <= set(range(len(spec.labels)))
+        assert len(labels) >= 2, "a real split has more than one label"
+        for example in data.examples[:50]:
+            assert isinstance(example.text_a, str) and example.text_a
+            assert (example.text_b is None) == (task == "sst2")
+        counts[language] = len(data.examples)
+    if task == "americasnli":
+        low, high = AMERICAS_RANGES[split]
+        assert all(low <= n <= high for n in counts.values()), counts
+        assert min(counts.values()) == low and max(counts.values()) == high, counts
+    else:
+        assert counts == EXPECTED_ROWS[(task, split)]
+
+
+def test_first_rows_match_the_raw_files(shared_data_dir):
+    registry = load_registry()
+    xnli = read_split(registry.get("xnli"), "dev", "sw", shared_data_dir)
+    first = (shared_data_dir / "xnli" / "dev-sw.tsv").read_text(encoding="utf-8").split("\n")[0].split("\t")
+    assert xnli.examples[0] == Example(first[0], first[1], NLI.index(first[2]))
+    # IndoNLI maps e/n/c to the label names
+    indo = read_split(registry.get("indonli"), "dev", "id", shared_data_dir)
+    assert indo.examples[0].label == NLI.index("contradiction")  # the first val row has label "c"
+    assert indo.examples[0].text_b == "Manuskrip tersebut tidak mencatat laporan kematian."
+    # QQP maps "0"/"1" to not_duplicate/duplicate; both occur
+    qqp = read_split(registry.get("qqp"), "dev", "en", shared_data_dir)
+    assert {e.label for e in qqp.examples} == {0, 1}
+    # sha256 is the file's
+    path = shared_data_dir / "glue" / "RTE" / "dev.json"
+    rte = read_split(registry.get("rte"), "dev", "en", shared_data_dir)
+    assert rte.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_indonli_mt_skips_exactly_the_unlabelled_rows(shared_data_dir):
+    path = shared_data_dir / "indonli" / "translate_train_small" / "dev.jsonl"
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    unlabelled = sum('"gold_label": "-"' in line for line in lines)
+    assert (len(lines), unlabelled) == (2198, 40)
+    data = read_split(load_registry().get("indonli-mt"), "dev", "id", shared_data_dir)
+    assert (len(data.examples), data.skipped_unlabelled) == (2158, 40)
+
+
+def test_unknown_language_and_split(shared_data_dir):
+    registry = load_registry()
+    with pytest.raises(XstiltsError) as excinfo:
+        read_split(registry.get("xnli"), "dev", "xx", shared_data_dir)
+    _one_line_error(excinfo, "'xnli'", "'xx'")
+    with pytest.raises(XstiltsError) as excinfo:
+        read_split(registry.get("xnli"), "train", "en", shared_data_dir)  # XNLI has no local train split
+    _one_line_error(excinfo, "'xnli'", "'train'")
+
+
+def test_missing_data_file_names_the_path(tmp_path):
+    with pytest.raises(XstiltsError) as excinfo:
+        read_split(load_registry().get("mnli"), "dev", "en", tmp_path)
+    _one_line_error(excinfo, str(tmp_path / "glue" / "MNLI" / "dev.json"), "not found")
+
+
+# --- user tasks (YAML only, no code) ------------------------------------------------------------------------
+
+USER_TASK = """\
+name: toy-sentiment
+description: a user task declared in YAML only
+labels: [negative, positive]
+languages: [en, de]
+local:
+  format: tsv
+  files: {{train: 'toy/train-{{language}}.tsv', dev: 'toy/dev-{{language}}.tsv'}}
+  header: {header}
+  columns: {columns}
+  label_map: {{'0': negative, '1': positive}}
+"""
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _user_task_folder(tmp_path: Path, header: bool = True, name: str = "tasks") -> Path:
+    columns = "{text_a: sentence, label: label}" if header else "{text_a: 1, label: 0}"
+    return _write(tmp_path / name / "toy.yaml",
+                  USER_TASK.format(header=str(header).lower(), columns=columns)).parent
+
+
+def test_user_task_from_yaml_folder(tmp_path):
+    folder = _user_task_folder(tmp_path)
+    data_dir = tmp_path / "data"
+    # quotes are literal with QUOTE_NONE; an empty line is ignored; label_map maps 0/1; label names pass too
+    _write(data_dir / "toy" / "train-en.tsv",
+           'sentence\tlabel\nA "great" film\t1\n\nawful, boring\t0\nfine\tpositive\n')
+    _write(data_dir / "toy" / "train-de.tsv", "sentence\tlabel\nein toller Film\t1\n")
+    registry = load_registry([folder])
+    spec = registry.get("toy-sentiment")
+    assert "mnli" in registry.tasks  # built-ins stay
+    assert spec.labels == ["negative", "positive"] and spec.splits == ["train", "dev"]
+    data = read_split(spec, "train", "en", data_dir)
+    assert data.examples == [Example('A "great" film', None, 1), Example("awful, boring", None, 0),
+                             Example("fine", None, 1)]
+    assert data.source == str(data_dir / "toy" / "train-en.tsv")
+    assert read_split(spec, "train", "de", data_dir).examples == [Example("ein toller Film", None, 1)]
+
+
+def test_user_task_without_header_uses_column_indices(tmp_path):
+    folder = _user_task_folder(tmp_path, header=False)
+    data_dir = tmp_path / "data"
+    _write(data_dir / "toy" / "dev-en.tsv", "1\tgood\n0\tbad\n")
+    data = read_split(load_registry([folder]).get("toy-sentiment"), "dev", "en", data_dir)
+    assert data.examples == [Example("good", None, 1), Example("bad", None, 0)]
+
+
+def test_user_task_via_environment_and_override_order(tmp_path, monkeypatch):
+    first = _user_task_folder(tmp_path, header=True, name="first")
+    second = _user_task_folder(tmp_path, header=False, name="second")
+    # a user folder may also override a built-in task
+    _write(second / "mnli.yaml", "name: mnli\nlabels: [same, different]\nlocal: {format: jsonl, files: {train: m.jsonl},"
+                                 " columns: {text_a: a, label: l}}\n")
+    monkeypatch.setenv("XSTILTS_TASK_DIRS", os.pathsep.join([str(first), str(second)]))
+    registry = load_registry()
+    assert registry.get("toy-sentiment").local.header is False  # the later folder wins
+    assert registry.get("mnli").labels == ["same", "different"]
+    assert registry.get("xnli").labels == NLI
+    # folders given in code come after the environment's
+    assert load_registry([first]).get("toy-sentiment").local.header is True
+    data_dir = tmp_path / "data"
+    _write(data_dir / "m.jsonl", '{"a": "x", "l": "same"}\n{"a": "y", "l": "different"}\n')
+    assert [e.label for e in read_split(registry.get("mnli"), "train", "en", data_dir).examples] == [0, 1]
+
+
+def test_missing_task_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("XSTILTS_TASK_DIRS", str(tmp_path / "nowhere"))
+    with pytest.raises(XstiltsError) as excinfo:
+        load_registry()
+    _one_line_error(excinfo, str(tmp_path / "nowhere"), "not found")
+
+
+# --- malformed input: one line naming the file and the row or key -------------------------------------------
+
+NLI_TSV_TASK = """\
+name: pairs
+labels: [entailment, neutral, contradiction]
+local:
+  format: {format}
+  header: {header}
+  files: {{dev: pairs.{format}}}
+  columns: {columns}
+"""
+
+
+def _pairs_spec(tmp_path: Path, fmt: str = "tsv", header: bool = True):
+    columns = ("{text_a: 0, text_b: 1, label: 2}" if not header and fmt in ("tsv", "csv")
+               else "{text_a: premise, text_b: hypothesis, label: label}")
+    folder = _write(tmp_path / "tasks" / "pairs.yaml",
+                    NLI_TSV_TASK.format(format=fmt, header=str(header).lower(), columns=columns)).parent
+    return load_registry([folder]).get("pairs")
+
+
+def test_missing_column_without_header(tmp_path):
+    spec = _pairs_spec(tmp_path, header=False)
+    path = _write(tmp_path / "data" / "pairs.tsv", "a\tb\tneutral\nonly premise\tneutral\n")
+    with pytest.raises(XstiltsError) as excinfo:
+        read_split(spec, "dev", "en", tmp_path / "data")
+    _one_line_error(excinfo, f"{path}:2:", "3 columns", "found 2")
+
+
+def test_missing_column_with_header(tmp_path):
+    spec = _pairs_spec(tmp_path, header=True)
+    path = _write(tmp_path / "data" / "pairs.tsv",
+                  "premise\thypothesis\tlabel\na\tb\tneutral\nc\td\tentailment\nonly premise\tneutral\n")
+    with pytest.raises(XstiltsError) as excinfo:
+        read_split(spec, "dev", "en", tmp_path / "data")
+    _one_line_error(excinfo, f"{path}:4:", "3 columns", "found 2")
+
+
+def test_header_without_configured_column(tmp_path):
+    spec = _pairs_spec(tmp_path, header=True)
+    path = _write(tmp_path / "data" / "pairs.tsv", "premise\thypo\tlabel\na\tb\tneutral\n")
+    with pytest.raises(XstiltsError) as excinfo:
+        read_split(spec, "dev", "en", tmp_path / "data")
+    _one_line_error(excinfo, f"{path}:2:", "'hypothesis'")
+
+
+def test_unknown_label(tmp_path):
+    spec = _pairs_spec(tmp_path, header=True)
+    path = _write(tmp_path / "data" / "pairs.tsv",
+                  "premise\thypothesis\tlabel\na\tb\tneutral\nc\td\tmaybe\n")
+    with pytest.raises(XstiltsError) as excinfo:
+        read_split(spec, "dev", "en", tmp_path / "data")
+    _one_line_error(excinfo, f"{path}:3:", "'maybe'", "entailment, neutral, contradiction")
+
+
+def test_empty_file(tmp_path):
+    spec = _pairs_spec(tmp_path, header=True)
+    path = _write(tmp_path / "data" / "pairs.tsv", "")
+    with pytest.raises(XstiltsError) as excinfo:
+        read_split(spec, "dev", "en", tmp_path / "data")
+    _one_line_error(excinfo, str(path), "empty")
+
+
+def test_header_only_file_has_no_examples(tmp_path):
+    spec = _pairs_spec(tmp_path, header=True)
+    path = _write(tmp_path / "data" / "pairs.tsv", "premise\thypothesis\tlabel\n")
+    with pytest.raises(XstiltsError) as excinfo:
+        read_split(spec, "dev", "en", tmp_path / "data")
+    _one_line_error(excinfo, str(path), "no labelled examples")
+
+
+def test_invalid_json_line(tmp_path):
+    spec = _pairs_spec(tmp_path, fmt="jsonl")
+    path = _write(tmp_path / "data" / "pairs.jsonl",
+                  '{"premise": "a", "hypothesis": "b", "label": "neutral"}\n\n{"premise": "a", "hypothesis": \n')
+    with pytest.raises(XstiltsError) as excinfo:
+        read_split(spec, "dev", "en", tmp_path / "data")
+    _one_line_error(excinfo, f"{path}:3:", "invalid JSON")
+
+
+def test_invalid_json_file(tmp_path):
+    spec = _pairs_spec(tmp_path, fmt="json")
+    path = _write(tmp_path / "data" / "pairs.json", '{\n "0": {"premise": "a",\n "hypothesis": }\n}\n')
+    with pytest.raises(XstiltsError) as excinfo:
+        read_split(spec, "dev", "en", tmp_path / "data")
+    _one_line_error(excinfo, f"{path}:3:", "invalid JSON")
+
+
+def test_jsonl_record_missing_field(tmp_path):
+    spec = _pairs_spec(tmp_path, fmt="jsonl")
+    path = _write(tmp_path / "data" / "pairs.jsonl",
+                  '{"premise": "a", "hypothesis": "b", "label": "neutral"}\n{"premise": "a", "label": "neutral"}\n')
+    with pytest.raises(XstiltsError) as excinfo:
+        read_split(spec, "dev", "en", tmp_path / "data")
+    _one_line_error(excinfo, f"{path}:2:", "'hypothesis'")
+
+
+@pytest.mark.parametrize(("name", "suggestion"), [("mnlli", "mnli"), ("xnl", "xnli"), ("indonli_mt", "indonli-mt")])
+def test_unknown_task_suggests_close_name(name, suggestion):
+    with pytest.raises(XstiltsError) as excinfo:
+        load_registry().get(name)
+    _one_line_error(excinfo, f"unknown task {name!r}", f"did you mean {suggestion!r}")
+
+
+def test_unknown_task_without_close_name():
+    with pytest.raises(XstiltsError) as excinfo:
+        load_registry().get("zzzzzz")
+    message = _one_line_error(excinfo, "'zzzzzz'")
+    assert "did you mean" not in message
+
+
+GOOD_TASK = {"name": "t", "labels": "[a, b]", "local": "{format: tsv, files: {train: x.tsv}, columns: {text_a: 0, label: 1}}"}
+
+
+def _task_yaml(tmp_path: Path, **fields: str) -> Path:
+    return _write(tmp_path / "tasks" / "t.yaml", "".join(f"{key}: {value}\n" for key, value in fields.items()))
+
+
+@pytest.mark.parametrize(("fields", "key"), [
+    ({**GOOD_TASK, "descripton": "typo of an optional key"}, "descripton"),
+    ({**GOOD_TASK, "local": "{format: tsv, files: {train: x.tsv}, columns: {text_a: 0, label: 1}, hedaer: false}"},
+     "local.hedaer"),
+    ({"name": "t", "lables": "[a, b]", "local": GOOD_TASK["local"]}, "lables"),  # typo of a required key
+    ({**GOOD_TASK, "local": "{formatt: tsv, files: {train: x.tsv}, columns: {text_a: 0, label: 1}}"}, "local.formatt"),
+], ids=["descripton", "local.hedaer", "lables", "local.formatt"])
+def test_bad_key_in_task_yaml_is_named(tmp_path, fields, key):
+    path = _task_yaml(tmp_path, **fields)
+    with pytest.raises(XstiltsError) as excinfo:
+        load_registry([path.parent])
+    _one_line_error(excinfo, str(path), f"unknown key {key!r}")
+
+
+@pytest.mark.parametrize(("fields", "parts"), [
+    ({**GOOD_TASK, "type": "regression"}, ["'type'"]),
+    ({**GOOD_TASK, "local": "{format: xml, files: {train: x.xml}, columns: {text_a: 0, label: 1}}"}, ["'local.format'"]),
+    ({**GOOD_TASK, "local": "{format: tsv, files: {train: x.tsv}, columns: {text_a: 0}}"}, ["`label`"]),
+    ({"name": "t", "labels": "[a, b]"}, ["`local` or a `hub` source"]),
+])
+def test_invalid_value_in_task_yaml(tmp_path, fields, parts):
+    path = _task_yaml(tmp_path, **fields)
+    with pytest.raises(XstiltsError) as excinfo:
+        load_registry([path.parent])
+    _one_line_error(excinfo, str(path), *parts)
+
+
+def test_invalid_yaml_syntax(tmp_path):
+    path = _write(tmp_path / "tasks" / "t.yaml", "name: t\nlabels: [a, b\n")
+    with pytest.raises(XstiltsError) as excinfo:
+        load_registry([path.parent])
+    _one_line_error(excinfo, str(path), "invalid YAML")

@@ -1,0 +1,428 @@
+"""Training with a tiny random BERT (real XLM-R tokenizer) on small slices of the real data: learning,
+determinism, exact resume after SIGKILL, vocabulary trimming and what the target phase carries over."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from xstilts.cli import main
+from xstilts.config import TaskData, TrainConfig, parse_config
+from xstilts.errors import XstiltsError
+from xstilts.features import collate, tokenize
+from xstilts.model import HEADS_FILE, WEIGHTS_FILE, MultiHeadModel, load_checkpoint, load_encoder, load_trained
+from xstilts.phases import Context, _carried_heads, train_node
+from xstilts.pipeline import run
+from xstilts.tasks import load_registry
+from xstilts.tasks.readers import read_split
+from xstilts.training import TrainTask, train_phase
+from xstilts.vocab import VocabTrim
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+NLI = ["entailment", "neutral", "contradiction"]
+EMBEDDINGS = "encoder.embeddings.word_embeddings.weight"
+
+
+@pytest.fixture(scope="module")
+def ctx(tiny_model_dir, shared_data_dir) -> Context:
+    """One context (tokenized splits cached) over the built-in tasks and the shared data."""
+    return Context.create(str(tiny_model_dir), load_registry(), shared_data_dir, 64, "fp32")
+
+
+def _weights(directory: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(directory / WEIGHTS_FILE))
+
+
+def _assert_same_weights(a: Path, b: Path) -> None:
+    left, right = _weights(a), _weights(b)
+    assert left.keys() == right.keys()
+    for key in left:
+        assert torch.equal(left[key], right[key]), key
+
+
+def _history(result: dict) -> list[tuple]:
+    return [(h["step"], h["dev"], h["score"], h["loss"]) for h in result["metrics"]["history"]]
+
+
+# --- learning -----------------------------------------------------------------------------------------------
+
+FILLER = "the a house river walks quickly under green old table window runs city small bright cold music book".split()
+
+
+def _keyword_rows(n: int, seed: int) -> str:
+    """The label is given by one keyword at a random position among random filler words."""
+    rng = random.Random(seed)
+    lines = ["text\tlabel"]
+    for i in range(n):
+        label = i % 2
+        words = rng.choices(FILLER, k=rng.randint(4, 10))
+        words.insert(rng.randint(0, len(words)), ["terrible", "excellent"][label])
+        lines.append(" ".join(words) + "\t" + ["negative", "positive"][label])
+    return "\n".join(lines) + "\n"
+
+
+def _keyword_task(root: Path) -> tuple[Path, Path]:
+    tasks, data = root / "tasks", root / "data"
+    tasks.mkdir(parents=True)
+    data.mkdir()
+    (tasks / "keyword.yaml").write_text(
+        "name: keyword\nlabels: [negative, positive]\n"
+        "local: {format: tsv, files: {train: train.tsv, dev: dev.tsv}, columns: {text_a: text, label: label}}\n")
+    (data / "train.tsv").write_text(_keyword_rows(128, 1))
+    (data / "dev.tsv").write_text(_keyword_rows(64, 2))
+    return tasks, data
+
+
+def _dev_loss(model: MultiHeadModel, tokenizer, examples) -> float:
+    features = tokenize(examples, tokenizer, 64)
+    batch = collate(features, np.arange(len(features)), tokenizer.pad_token_id)
+    labels = batch.pop("labels")
+    model.eval()
+    with torch.no_grad():
+        return float(torch.nn.functional.cross_entropy(model("keyword", **batch), labels))
+
+
+def test_learns_a_keyword_task_from_a_user_task_folder(tmp_path, tiny_model_dir):
+    tasks, data = _keyword_task(tmp_path)
+    config = parse_config({
+        "model": str(tiny_model_dir), "data_dir": str(data), "task_dirs": [str(tasks)], "precision": "fp32",
+        "max_length": 64, "seed": 3,
+        "target": {"task": {"task": "keyword"},
+                   "train": {"max_steps": 40, "lr": 3e-3, "batch_size": 16, "eval_every": 4, "warmup_ratio": 0.0,
+                             "select_best": False}},
+        "evaluate": [{"task": "keyword", "split": "dev"}]}, "test")
+    metrics = run(config, tmp_path / "run")
+    history = metrics["target"]["metrics"]["history"]
+    assert [h["step"] for h in history] == list(range(4, 41, 4))
+    assert history[0]["score"] <= 0.8  # not solved from the start
+    assert history[-1]["score"] >= 0.95  # chance is 0.5
+    assert history[-1]["loss"] < history[0]["loss"] - 0.2  # training loss (EMA) goes down
+    assert metrics["evaluation"]["keyword"]["en"] >= 0.95
+    # the dev loss of the trained model is far below that of the untrained one (~ln 2)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    spec = load_registry([tasks]).get("keyword")
+    dev = read_split(spec, "dev", "en", data).examples
+    torch.manual_seed(0)
+    untrained = MultiHeadModel(load_encoder(str(tiny_model_dir)), {"keyword": spec.labels})
+    before = _dev_loss(untrained, tokenizer, dev)
+    after = _dev_loss(load_trained(str(tiny_model_dir), tmp_path / "run" / "target"), tokenizer, dev)
+    assert before > 0.6 and after < 0.5 * before, (before, after)
+
+
+# --- determinism ----------------------------------------------------------------------------------------------
+
+
+def _mnli_config(model: Path, data_dir: Path, seed: int, **train) -> dict:
+    return {
+        "model": str(model), "data_dir": str(data_dir.resolve()), "precision": "fp32", "max_length": 64, "seed": seed,
+        "target": {"task": {"task": "mnli", "max_examples": 96},
+                   "train": {"max_steps": 6, "lr": 1e-3, "batch_size": 16, "eval_every": 2, **train}},
+        "evaluate": [{"task": "xnli", "split": "dev", "languages": ["en", "sw"], "max_examples": 50}],
+    }
+
+
+def test_same_seed_same_result_other_seed_differs(tmp_path, tiny_model_dir, shared_data_dir):
+    results = {}
+    for name, seed in [("a", 7), ("b", 7), ("c", 8)]:
+        results[name] = run(parse_config(_mnli_config(tiny_model_dir, shared_data_dir, seed), "test"), tmp_path / name)
+    a, b, c = results["a"], results["b"], results["c"]
+    _assert_same_weights(tmp_path / "a" / "target", tmp_path / "b" / "target")
+    assert _history(a["target"]) == _history(b["target"])
+    assert a["evaluation"] == b["evaluation"]
+    for lang in ("en", "sw"):
+        path = Path("eval-xnli-dev") / "predictions" / f"{lang}.csv"
+        assert (tmp_path / "a" / path).read_text() == (tmp_path / "b" / path).read_text()
+    # another seed: another subsample, batch order and initialisation
+    weights_a, weights_c = _weights(tmp_path / "a" / "target"), _weights(tmp_path / "c" / "target")
+    assert not torch.equal(weights_a["heads.mnli.out_proj.weight"], weights_c["heads.mnli.out_proj.weight"])
+    assert not torch.equal(weights_a["encoder.encoder.layer.0.attention.self.query.weight"],
+                           weights_c["encoder.encoder.layer.0.attention.self.query.weight"])
+    assert _history(a["target"]) != _history(c["target"])
+
+
+# --- resume after SIGKILL -----------------------------------------------------------------------------------
+
+
+def test_resume_after_sigkill_is_exact(tmp_path, tiny_model_dir, shared_data_dir, capsys):
+    # eval_every 1 on the 1,000 MNLI dev rows makes each step slow enough to be killed mid-phase
+    config = _mnli_config(tiny_model_dir, shared_data_dir, 11, checkpoint_every=2, eval_every=1)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+    # 1. interrupted: SIGKILL as soon as the target phase has a checkpoint
+    interrupted = tmp_path / "interrupted"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same thread count as this process (single_thread)
+    with open(tmp_path / "killed.log", "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "xstilts.cli", "run", str(path), "--output", str(interrupted)],
+                                   cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+        state = interrupted / "target" / "checkpoint" / "training_state.pt"
+        deadline = time.monotonic() + 240
+        while process.poll() is None and time.monotonic() < deadline:
+            if state.exists():
+                process.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.005)
+        process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-2000:]
+    assert not (interrupted / "target" / "DONE").exists()
+    saved_step = torch.load(state, weights_only=False)["state"]["step"]
+    assert saved_step in (2, 4)
+
+    # 2. the same command again resumes from the checkpoint and finishes
+    capsys.readouterr()
+    assert main(["run", str(path), "--output", str(interrupted)]) == 0
+    err = capsys.readouterr().err
+    assert f"target: resuming at step {saved_step}/6" in err, err
+    assert (interrupted / "target" / "DONE").exists()
+    assert not (interrupted / "target" / "checkpoint").exists()
+
+    # 3. an uninterrupted run with the same seed
+    assert main(["run", str(path), "--output", str(tmp_path / "straight")]) == 0
+    resumed = json.loads((interrupted / "target" / "result.json").read_text())
+    straight = json.loads((tmp_path / "straight" / "target" / "result.json").read_text())
+    assert [h["step"] for h in straight["metrics"]["history"]] == [1, 2, 3, 4, 5, 6]
+    assert _history(resumed) == _history(straight)
+    for key in ("steps", "best_step", "best_dev", "train_examples", "trained_vocabulary"):
+        assert resumed["metrics"][key] == straight["metrics"][key], key
+    _assert_same_weights(interrupted / "target", tmp_path / "straight" / "target")
+    assert (json.loads((interrupted / "metrics.json").read_text())["evaluation"]
+            == json.loads((tmp_path / "straight" / "metrics.json").read_text())["evaluation"])
+
+
+def test_checkpoint_from_other_settings_is_refused(tmp_path, ctx, capsys):
+    features, _ = ctx.rows(TaskData(task="mnli", max_examples=32), 1)
+    tasks = [TrainTask("mnli", features)]
+    train = TrainConfig(max_steps=3, batch_size=16, checkpoint_every=2, lr=1e-3)
+
+    def phase(config: TrainConfig) -> dict:
+        torch.manual_seed(1)
+        model = MultiHeadModel(load_encoder(ctx.model), {"mnli": NLI})
+        return train_phase(model, tasks, config, tmp_path, seed=1, pad_id=ctx.tokenizer.pad_token_id,
+                           precision="fp32", device=torch.device("cpu"))
+
+    assert phase(train)["steps"] == 3
+    # train_phase leaves its last checkpoint (step 2) for the caller to remove
+    assert torch.load(tmp_path / "checkpoint" / "training_state.pt", weights_only=False)["state"]["step"] == 2
+    for other in (train.model_copy(update={"lr": 2e-3}), train.model_copy(update={"max_steps": 4})):
+        with pytest.raises(XstiltsError) as excinfo:
+            phase(other)
+        message = str(excinfo.value)
+        assert "\n" not in message and str(tmp_path / "checkpoint") in message and "other settings" in message
+    # with the same settings it resumes
+    capsys.readouterr()
+    assert phase(train)["steps"] == 3
+    assert "resuming at step 2/3" in capsys.readouterr().err
+
+
+# --- vocabulary trimming ------------------------------------------------------------------------------------
+
+
+def test_vocabulary_trimming_is_equivalent(tmp_path, ctx, tiny_model_dir):
+    tasks = [TaskData(task="mnli", max_examples=64)]
+    train = TrainConfig(max_steps=4, batch_size=16, eval_every=2, lr=1e-3, select_best=False)
+    trimmed = train_node(ctx, tmp_path / "trim", tasks=tasks, train=train, seed=5)
+    full = train_node(dataclasses.replace(ctx, trim_vocab=False), tmp_path / "full", tasks=tasks, train=train, seed=5)
+    assert "trained_vocabulary" not in full["metrics"]
+
+    # The same dev history. Measured on this machine (CPU, fp32, one thread) both runs are bit-identical apart
+    # from the unused embedding rows; the tolerances below (rel 1e-5, abs 1e-6) only allow for float32
+    # summation-order differences (e.g. the global gradient norm over a larger matrix) on other hardware.
+    a, b = trimmed["metrics"]["history"], full["metrics"]["history"]
+    assert [h["step"] for h in a] == [h["step"] for h in b] == [2, 4]
+    for x, y in zip(a, b):
+        assert x["dev"] == y["dev"]
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-5, abs=1e-6)
+
+    # which rows were trained: every piece of the train and dev rows, plus the special tokens
+    train_rows, _ = ctx.rows(tasks[0], 5)
+    dev_rows, _ = ctx.rows(tasks[0].model_copy(update={"max_examples": None}), 5, split="dev")
+    trim = VocabTrim.from_features([train_rows, dev_rows], 250037, ctx.tokenizer.all_special_ids)
+    assert trimmed["metrics"]["trained_vocabulary"] == len(trim.kept)
+    assert 1000 < len(trim.kept) < 20000
+    kept = torch.zeros(250037, dtype=torch.bool)
+    kept[torch.from_numpy(trim.kept)] = True
+
+    base = load_file(str(tiny_model_dir / "model.safetensors"))["embeddings.word_embeddings.weight"]
+    w_trim, w_full = _weights(tmp_path / "trim"), _weights(tmp_path / "full")
+    assert w_trim[EMBEDDINGS].shape == w_full[EMBEDDINGS].shape == base.shape == (250037, 32)
+    # untouched rows are exactly the base model's; trained rows moved
+    assert torch.equal(w_trim[EMBEDDINGS][~kept], base[~kept])
+    changed = (w_trim[EMBEDDINGS] != base).any(dim=1)
+    assert not changed[~kept].any()
+    assert changed[kept].float().mean() > 0.99
+    # the rows both runs train agree, and so does every other parameter
+    torch.testing.assert_close(w_trim[EMBEDDINGS][kept], w_full[EMBEDDINGS][kept], rtol=1e-5, atol=1e-6)
+    for key in w_trim:
+        if key != EMBEDDINGS:
+            torch.testing.assert_close(w_trim[key], w_full[key], rtol=1e-5, atol=1e-6, msg=key)
+    # without trimming, AdamW's decoupled weight decay shrinks the unused rows (and only shrinks them)
+    ratio = w_full[EMBEDDINGS][~kept] / base[~kept]
+    assert ratio.max() <= 1.0 and ratio.min() > 0.99
+
+
+# --- what the target phase carries over ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def intermediate_dirs(ctx, tmp_path_factory) -> dict[str, Path]:
+    """Intermediate phases on SNLI (same labels as MNLI) and on QQP (other labels)."""
+    root = tmp_path_factory.mktemp("intermediate")
+    train = TrainConfig(max_steps=3, batch_size=16, lr=1e-3, eval_every=3)
+    for task in ("snli", "qqp"):
+        train_node(ctx, root / task, tasks=[TaskData(task=task, max_examples=48)], train=train, seed=2)
+    return {"snli": root / "snli", "qqp": root / "qqp"}
+
+
+def _untrained_target(ctx, out: Path, parent: Path, carry: str) -> dict[str, torch.Tensor]:
+    """The target model as it starts: one step with a vanishing learning rate leaves the weights as they were."""
+    train = TrainConfig(max_steps=1, batch_size=8, lr=1e-30, warmup_ratio=0.0, weight_decay=0.0)
+    train_node(ctx, out, tasks=[TaskData(task="mnli", max_examples=8)], train=train, seed=2, parent=parent,
+               carry=carry)
+    return _weights(out)
+
+
+def _head(weights: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
+    prefix = f"heads.{name}."
+    return {key[len(prefix):]: value for key, value in weights.items() if key.startswith(prefix)}
+
+
+def _encoder(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {key: value for key, value in weights.items() if key.startswith("encoder.")}
+
+
+def _close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    assert a.keys() == b.keys() and a
+    return all(torch.allclose(a[k], b[k], rtol=0, atol=1e-12) for k in a)
+
+
+def test_carry_encoder_and_head(ctx, tmp_path, intermediate_dirs):
+    parent = intermediate_dirs["snli"]
+    assert json.loads((parent / HEADS_FILE).read_text()) == {"snli": NLI}
+    assert _carried_heads(parent, {"mnli": NLI}) == {"mnli": "snli"}
+    inter = _weights(parent)
+    # the loader copies the intermediate head under the target's name, exactly
+    loaded = load_checkpoint(ctx.model, parent, {"mnli": NLI}, {"mnli": "snli"})
+    assert loaded.labels == {"mnli": NLI}
+    state = {k: v.detach() for k, v in loaded.state_dict().items()}
+    for key, value in _head(inter, "snli").items():
+        assert torch.equal(state[f"heads.mnli.{key}"], value), key
+    for key, value in _encoder(inter).items():
+        assert torch.equal(state[key], value), key
+    # and the target phase starts from it
+    target = _untrained_target(ctx, tmp_path / "target", parent, "encoder_and_head")
+    assert set(_head(target, "mnli")) and not _head(target, "snli")
+    assert _close(_head(target, "mnli"), _head(inter, "snli"))
+    assert _close(_encoder(target), _encoder(inter))
+
+
+def test_carry_encoder_gives_a_fresh_head(ctx, tmp_path, intermediate_dirs):
+    parent = intermediate_dirs["snli"]
+    inter = _weights(parent)
+    loaded = load_checkpoint(ctx.model, parent, {"mnli": NLI}, {})
+    state = {k: v.detach() for k, v in loaded.state_dict().items()}
+    for key, value in _encoder(inter).items():
+        assert torch.equal(state[key], value), key
+    fresh = {key[len("heads.mnli."):]: value for key, value in state.items() if key.startswith("heads.mnli.")}
+    assert not any(torch.equal(fresh[key], value) for key, value in _head(inter, "snli").items())
+    target = _untrained_target(ctx, tmp_path / "target", parent, "encoder")
+    assert _close(_encoder(target), _encoder(inter))
+    assert not _close(_head(target, "mnli"), _head(inter, "snli"))
+    # a fresh head is initialised like any new head, from the run's seed
+    torch.manual_seed(2)
+    expected = MultiHeadModel(load_encoder(ctx.model), {"mnli": NLI}).heads["mnli"].state_dict()
+    assert _close(_head(target, "mnli"), dict(expected))
+
+
+def test_carry_with_other_labels_is_an_error(ctx, tmp_path, intermediate_dirs):
+    train = TrainConfig(max_steps=1, batch_size=8)
+    with pytest.raises(XstiltsError) as excinfo:
+        train_node(ctx, tmp_path / "target", tasks=[TaskData(task="mnli", max_examples=8)], train=train, seed=2,
+                   parent=intermediate_dirs["qqp"], carry="encoder_and_head")
+    message = str(excinfo.value)
+    assert "\n" not in message and "encoder_and_head" in message and "'mnli'" in message, message
+    assert not (tmp_path / "target" / "DONE").exists()
+    # carrying only the encoder from the QQP phase is fine
+    _untrained_target(ctx, tmp_path / "encoder-only", intermediate_dirs["qqp"], "encoder")
+
+
+def test_carry_with_two_matching_heads_is_an_error(ctx, tmp_path):
+    parent = tmp_path / "two-heads"
+    train = TrainConfig(max_steps=2, batch_size=8, eval_every=2)
+    train_node(ctx, parent, tasks=[TaskData(task="snli", max_examples=16), TaskData(task="rte", max_examples=16),
+                                   TaskData(task="mnli", split="dev", max_examples=16)], train=train, seed=2)
+    assert set(json.loads((parent / HEADS_FILE).read_text())) == {"snli", "rte", "mnli"}
+    with pytest.raises(XstiltsError) as excinfo:
+        _carried_heads(parent, {"mnli": NLI})
+    assert "'snli'" in str(excinfo.value) and "'mnli'" in str(excinfo.value)
+
+
+# --- run-directory bookkeeping ------------------------------------------------------------------------------
+
+
+def _quick_config(model: Path, data_dir: Path, evaluate: list[dict], seed: int = 13, max_steps: int = 1) -> dict:
+    return {"model": str(model), "data_dir": str(data_dir.resolve()), "precision": "fp32", "max_length": 32, "seed": seed,
+            "target": {"task": {"task": "mnli", "split": "dev", "max_examples": 16},
+                       "train": {"max_steps": max_steps, "batch_size": 8}},
+            "evaluate": evaluate}
+
+
+def _evaluations(tree) -> list[dict]:
+    """Every evaluation result (a mapping with 'split' and 'average') in metrics['evaluation'], however keyed."""
+    if isinstance(tree, dict):
+        if "split" in tree and "average" in tree:
+            return [tree]
+        return [found for value in tree.values() for found in _evaluations(value)]
+    return []
+
+
+def test_dev_and_test_of_one_task_are_both_reported(tmp_path, tiny_model_dir, shared_data_dir):
+    evaluate = [{"task": "xnli", "split": "dev", "languages": ["en"], "max_examples": 10},
+                {"task": "xnli", "split": "test", "languages": ["en"], "max_examples": 10}]
+    metrics = run(parse_config(_quick_config(tiny_model_dir, shared_data_dir, evaluate), "test"), tmp_path / "run")
+    on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())["evaluation"]
+    for tree in (metrics["evaluation"], on_disk):
+        assert sorted(e["split"] for e in _evaluations(tree)) == ["dev", "test"], tree
+
+
+def test_same_task_and_split_with_other_languages_is_not_silently_reused(tmp_path, tiny_model_dir, shared_data_dir):
+    evaluate = [{"task": "xnli", "split": "test", "languages": ["en"], "max_examples": 10},
+                {"task": "xnli", "split": "test", "languages": ["sw"], "max_examples": 10}]
+    try:
+        metrics = run(parse_config(_quick_config(tiny_model_dir, shared_data_dir, evaluate), "test"), tmp_path / "run")
+    except XstiltsError as error:  # rejecting the duplicate is fine too
+        assert "\n" not in str(error) and "xnli" in str(error)
+        return
+    languages = sorted(lang for e in _evaluations(metrics["evaluation"]) for lang in e["n"])
+    assert languages == ["en", "sw"], metrics["evaluation"]
+
+
+def test_rerun_with_another_config_does_not_mix_results(tmp_path, tiny_model_dir, shared_data_dir):
+    """The run directory's config.yaml and manifest must describe the results next to them."""
+    evaluate = [{"task": "xnli", "split": "dev", "languages": ["en"], "max_examples": 10}]
+    output = tmp_path / "run"
+    run(parse_config(_quick_config(tiny_model_dir, shared_data_dir, evaluate, seed=13, max_steps=1), "a"), output)
+    changed = parse_config(_quick_config(tiny_model_dir, shared_data_dir, evaluate, seed=99, max_steps=3), "b")
+    try:
+        metrics = run(changed, output)
+    except XstiltsError as error:  # refusing to reuse the directory is fine
+        assert "\n" not in str(error) and str(output) in str(error)
+        assert yaml.safe_load((output / "config.yaml").read_text())["seed"] == 13
+        return
+    assert metrics["target"]["seed"] == 99 and metrics["target"]["metrics"]["steps"] == 3
+    assert yaml.safe_load((output / "config.yaml").read_text())["seed"] == 99
