@@ -83,10 +83,19 @@ class RunConfig(StrictModel):
     evaluate: list[EvalData] = Field(min_length=1)
 
     @model_validator(mode="after")
-    def _carry_needs_intermediate(self) -> RunConfig:
+    def _check(self) -> RunConfig:
         if self.target.carry == "encoder_and_head" and self.intermediate is None:
             raise ValueError("carry 'encoder_and_head' needs an intermediate phase")
+        check_unique_evaluations(self.evaluate)
         return self
+
+
+def check_unique_evaluations(evaluate: list[EvalData]) -> None:
+    """Each task/split is evaluated once (its languages are chosen in that one entry)."""
+    pairs = [(e.task, e.split) for e in evaluate]
+    repeated = sorted({f"{t}/{s}" for t, s in pairs if pairs.count((t, s)) > 1})
+    if repeated:
+        raise ValueError(f"evaluate lists {', '.join(repeated)} more than once; list its languages in one entry")
 
 
 def parse_config(data: dict, where: str | Path) -> RunConfig:

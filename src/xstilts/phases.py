@@ -24,7 +24,7 @@ from xstilts.features import Features, tokenize
 from xstilts.manifest import peak_rss_mb, write_json
 from xstilts.model import HEADS_FILE, MultiHeadModel, load_checkpoint, load_encoder, load_trained
 from xstilts.precision import pick_device, resolve_precision
-from xstilts.tasks.readers import SplitData, read_split
+from xstilts.tasks.readers import SplitData, check_available, read_split
 from xstilts.tasks.registry import TaskRegistry
 from xstilts.vocab import VocabTrim
 from xstilts.training import BEST_DIR, CHECKPOINT_DIR, TrainTask, train_phase
@@ -78,6 +78,25 @@ class Context:
         return features, [split_data for split_data, _ in parts]
 
 
+def check_plan(registry: TaskRegistry, data_dir: Path | None, training: list[TaskData], target: str,
+               evaluate: list[EvalData]) -> None:
+    """Before any phase starts: every task, split, language and local file exists, and every evaluation
+    task has the target head's label set."""
+    for data in [*training, *evaluate]:
+        spec = registry.get(data.task)
+        splits = [data.split]
+        if data in training and "dev" in spec.splits and data.split != "dev":
+            splits.append("dev")
+        for split in splits:
+            for language in data.languages or spec.languages:
+                check_available(spec, split, language, data_dir, data.source)
+    labels = registry.get(target).labels
+    for data in evaluate:
+        if registry.get(data.task).labels != labels:
+            raise XstiltsError(f"task {data.task!r} has labels {registry.get(data.task).labels}; "
+                               f"the {target!r} head it would be scored with has {labels}")
+
+
 def is_done(directory: Path) -> bool:
     """Whether a phase directory holds a finished result."""
     return (directory / DONE_FILE).exists()
@@ -118,13 +137,6 @@ def train_node(ctx: Context, out_dir: Path, *, tasks: list[TaskData], train: Tra
     """Train a head per task (on top of `parent`'s encoder when given); the selected model is saved in out_dir."""
     if is_done(out_dir):
         return _read_result(out_dir)
-    heads = {data.task: ctx.registry.get(data.task).labels for data in tasks}
-    torch.manual_seed(seed)
-    if parent is None:
-        model = MultiHeadModel(load_encoder(ctx.model, train.dropout), heads, train.dropout)
-    else:
-        carried = _carried_heads(parent, heads) if carry == "encoder_and_head" else {}
-        model = load_checkpoint(ctx.model, parent, heads, carried, train.dropout)
     train_tasks, provenance = [], []
     for data in tasks:
         features, splits = ctx.rows(data, seed)
@@ -134,6 +146,13 @@ def train_node(ctx: Context, out_dir: Path, *, tasks: list[TaskData], train: Tra
             splits += dev_splits
         train_tasks.append(TrainTask(data.task, features, dev))
         provenance += _provenance(splits)
+    heads = {data.task: ctx.registry.get(data.task).labels for data in tasks}
+    torch.manual_seed(seed)
+    if parent is None:
+        model = MultiHeadModel(load_encoder(ctx.model, train.dropout), heads, train.dropout)
+    else:
+        carried = _carried_heads(parent, heads) if carry == "encoder_and_head" else {}
+        model = load_checkpoint(ctx.model, parent, heads, carried, train.dropout)
     started = time.perf_counter()
     pad_id = ctx.tokenizer.pad_token_id
     trim = None

@@ -13,7 +13,7 @@ import yaml
 from xstilts.config import RunConfig
 from xstilts.errors import XstiltsError
 from xstilts.manifest import environment, peak_rss_mb, write_json
-from xstilts.phases import Context, eval_node, train_node
+from xstilts.phases import Context, check_plan, eval_node, train_node
 from xstilts.tasks.registry import load_registry
 
 
@@ -29,20 +29,28 @@ def resolve_data_dir(configured: str | None) -> Path | None:
 
 
 def make_context(config: RunConfig) -> Context:
-    """The shared context of a run: task registry (built-in + config folders), data folder, model."""
+    """The shared context of a run (task registry, data folder, model), after checking all its data exists."""
     registry = load_registry([Path(p) for p in config.task_dirs])
-    tasks = [config.target.task.task] + [e.task for e in config.evaluate]
-    tasks += [t.task for t in config.intermediate.tasks] if config.intermediate else []
-    for name in tasks:
-        registry.get(name)
-    return Context.create(config.model, registry, resolve_data_dir(config.data_dir), config.max_length, config.precision)
+    data_dir = resolve_data_dir(config.data_dir)
+    training = [*(config.intermediate.tasks if config.intermediate else []), config.target.task]
+    check_plan(registry, data_dir, training, config.target.task.task, config.evaluate)
+    return Context.create(config.model, registry, data_dir, config.max_length, config.precision)
+
+
+def _claim_output(config: RunConfig, output: Path) -> None:
+    """Write the run's config into `output`, refusing a directory that holds a run of another config."""
+    text = yaml.safe_dump(config.model_dump(), sort_keys=False, allow_unicode=True)
+    existing = output / "config.yaml"
+    if existing.exists() and existing.read_text() != text:
+        raise XstiltsError(f"{output}: holds a run of another config; choose another --output or delete it")
+    output.mkdir(parents=True, exist_ok=True)
+    existing.write_text(text)
 
 
 def run(config: RunConfig, output: Path) -> dict:
     """Run every phase of `config` into `output` (finished phases are skipped, interrupted ones resume)."""
     started = time.perf_counter()
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "config.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False, allow_unicode=True))
+    _claim_output(config, output)
     ctx = make_context(config)
     metrics: dict = {}
     parent = None
@@ -59,7 +67,7 @@ def run(config: RunConfig, output: Path) -> dict:
     for data in config.evaluate:
         result = eval_node(ctx, output / f"eval-{data.task}-{data.split}", trained=output / "target",
                            head=target.task.task, data=data, seed=config.seed)
-        metrics["evaluation"][data.task] = {
+        metrics["evaluation"].setdefault(data.task, {})[data.split] = {
             "split": data.split, "average": result["average"],
             **{lang: value["accuracy"] for lang, value in result["languages"].items()},
             "n": {lang: value["n"] for lang, value in result["languages"].items()},
@@ -85,9 +93,9 @@ def _result_data(directory: Path) -> list[dict]:
 def format_table(evaluation: dict) -> str:
     """Per-language accuracies of each evaluation task as a Markdown table."""
     lines = []
-    for task, result in evaluation.items():
+    for task, split, result in ((t, s, r) for t, splits in evaluation.items() for s, r in splits.items()):
         languages = [key for key in result if key not in ("split", "average", "n")]
-        lines.append(f"| {task} ({result['split']}) | " + " | ".join(languages) + " | avg |")
+        lines.append(f"| {task} ({split}) | " + " | ".join(languages) + " | avg |")
         lines.append("|---" * (len(languages) + 2) + "|")
         lines.append("| accuracy | " + " | ".join(f"{100 * result[l]:.1f}" for l in languages) + f" | {100 * result['average']:.1f} |")
     return "\n".join(lines)

@@ -14,7 +14,7 @@ from xstilts.errors import XstiltsError
 from xstilts.executors import make_executor
 from xstilts.graph import Graph, Node, build_graph, node_dir
 from xstilts.manifest import environment, peak_rss_mb, write_json
-from xstilts.phases import RESULT_FILE, Context, eval_node, is_done, train_node
+from xstilts.phases import RESULT_FILE, Context, check_plan, eval_node, is_done, train_node
 from xstilts.pipeline import resolve_data_dir
 from xstilts.study_spec import BASELINE, StudySpec
 from xstilts.tasks.registry import load_registry
@@ -116,6 +116,9 @@ def run_study(spec: StudySpec, study_dir: Path, workers: int | None = None, dry_
         print(describe(graph, study_dir))
         return None
     started = time.perf_counter()
+    registry = load_registry([Path(p) for p in spec.task_dirs])
+    training = [spec.target.task, *(t for arm in spec.arms for t in arm.tasks)]
+    check_plan(registry, resolve_data_dir(spec.data_dir), training, spec.target.task.task, spec.evaluate)
     study_dir.mkdir(parents=True, exist_ok=True)
     write_json(study_dir / "study.json", spec.model_dump())
     write_json(study_dir / "graph.json", {n.name: {"label": n.label, "parents": n.parents} for n in graph.nodes.values()})

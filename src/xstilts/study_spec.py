@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from xstilts.config import EvalData, TargetConfig, TaskData, TrainConfig
+from xstilts.config import EvalData, TargetConfig, TaskData, TrainConfig, check_unique_evaluations
 from xstilts.errors import XstiltsError
 from xstilts.tasks.registry import load_yaml, validation_message
 from xstilts.tasks.spec import StrictModel
@@ -59,6 +59,7 @@ class StudySpec(StrictModel):
         duplicated = {name for name in names if names.count(name) > 1} | ({BASELINE} & set(names))
         if duplicated:
             raise ValueError(f"arm names must be unique and not {BASELINE!r}: {sorted(duplicated)}")
+        check_unique_evaluations(self.evaluate)
         return self
 
 

@@ -149,6 +149,25 @@ def read_hub(spec: TaskSpec, split: str, language: str) -> SplitData:
     return SplitData(spec.name, split, language, examples, where, fingerprint, skipped, spec.labels)
 
 
+def check_available(spec: TaskSpec, split: str, language: str, data_dir: Path | None, source: str = "auto") -> None:
+    """Fail early, before any training, if a split/language does not exist or its local file is missing."""
+    if language not in spec.languages:
+        raise XstiltsError(f"task {spec.name!r} has no language {language!r} (has {', '.join(spec.languages)})")
+    local = spec.local is not None and source != "hub" and (data_dir is not None or source == "local")
+    if local:
+        if split not in spec.local.files:
+            raise XstiltsError(f"task {spec.name!r} has no local split {split!r} (has {', '.join(spec.local.files)})")
+        if data_dir is None:
+            raise XstiltsError(f"task {spec.name!r}: source 'local' needs --data-dir or XSTILTS_DATA_DIR")
+        path = data_dir / spec.local.files[split].format(language=language)
+        if not path.is_file():
+            raise XstiltsError(f"{path}: file not found (task {spec.name!r}, split {split!r}, language {language!r})")
+    elif spec.hub is None:
+        raise XstiltsError(f"task {spec.name!r} reads local files: set --data-dir or XSTILTS_DATA_DIR to the data folder")
+    elif split not in spec.hub.splits:
+        raise XstiltsError(f"task {spec.name!r} has no Hub split {split!r}")
+
+
 def read_split(spec: TaskSpec, split: str, language: str, data_dir: Path | None, source: str = "auto") -> SplitData:
     """Read a split: from local files when the task has them and a data directory is set (or source
     'local'), else (or with source 'hub') from the Hugging Face Hub."""

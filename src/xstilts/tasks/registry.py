@@ -17,11 +17,16 @@ BUILTIN_DIR = Path(__file__).parent / "builtin"
 
 
 def validation_message(where: Path | str, error: ValidationError) -> str:
-    """One line naming the file and the first offending key of a pydantic validation error."""
-    first = error.errors()[0]
+    """One line naming the file and the offending key of a pydantic validation error; an unknown key
+    (often a misspelling) is named first, with the missing key it may stand for."""
+    errors = error.errors()
+    unknown = [e for e in errors if e["type"] == "extra_forbidden"]
+    first = unknown[0] if unknown else errors[0]
     key = ".".join(str(part) for part in first["loc"]) or "(top level)"
-    if first["type"] == "extra_forbidden":
-        return f"{where}: unknown key {key!r}"
+    if unknown:
+        missing = [str(e["loc"][-1]) for e in errors if e["type"] == "missing" and e["loc"][:-1] == first["loc"][:-1]]
+        close = difflib.get_close_matches(str(first["loc"][-1]), missing, n=1)
+        return f"{where}: unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
     return f"{where}: key {key!r}: {first['msg']}"
 
 
