@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from xstilts.config import RunConfig
+from xstilts.config import RunConfig, load_config
 from xstilts.errors import XstiltsError
 from xstilts.manifest import environment, peak_rss_mb, write_json
 from xstilts.phases import Context, check_plan, eval_node, train_node
@@ -39,12 +39,11 @@ def make_context(config: RunConfig) -> Context:
 
 def _claim_output(config: RunConfig, output: Path) -> None:
     """Write the run's config into `output`, refusing a directory that holds a run of another config."""
-    text = yaml.safe_dump(config.model_dump(), sort_keys=False, allow_unicode=True)
     existing = output / "config.yaml"
-    if existing.exists() and existing.read_text() != text:
+    if existing.exists() and load_config(existing) != config:
         raise XstiltsError(f"{output}: holds a run of another config; choose another --output or delete it")
     output.mkdir(parents=True, exist_ok=True)
-    existing.write_text(text)
+    existing.write_text(yaml.safe_dump(config.model_dump(), sort_keys=False, allow_unicode=True))
 
 
 def run(config: RunConfig, output: Path) -> dict:

@@ -103,13 +103,9 @@ def _to_example(
 
 def read_local(spec: TaskSpec, split: str, language: str, data_dir: Path) -> SplitData:
     """Read a split from the task's local files under `data_dir`."""
+    check_available(spec, split, language, data_dir, "local")
     source = spec.local
-    assert source is not None
-    if split not in source.files:
-        raise XstiltsError(f"task {spec.name!r} has no local split {split!r} (has {', '.join(source.files)})")
     path = data_dir / source.files[split].format(language=language)
-    if not path.is_file():
-        raise XstiltsError(f"{path}: file not found (task {spec.name!r}, split {split!r}, language {language!r})")
     if path.stat().st_size == 0:
         raise XstiltsError(f"{path}: empty file")
     examples, skipped = [], 0
@@ -132,8 +128,7 @@ def read_hub(spec: TaskSpec, split: str, language: str) -> SplitData:
     source: HubSource | None = spec.hub
     if source is None:
         raise XstiltsError(f"task {spec.name!r} has no Hub source; pass --data-dir for its local files")
-    if split not in source.splits:
-        raise XstiltsError(f"task {spec.name!r} has no Hub split {split!r}")
+    check_available(spec, split, language, None, "hub")
     name = source.name.format(language=language) if source.name else None
     dataset = datasets.load_dataset(source.path, name, split=source.splits[split])
     where = f"hub:{source.path}/{name or ''}/{source.splits[split]}"
@@ -149,12 +144,16 @@ def read_hub(spec: TaskSpec, split: str, language: str) -> SplitData:
     return SplitData(spec.name, split, language, examples, where, fingerprint, skipped, spec.labels)
 
 
+def _reads_local(spec: TaskSpec, data_dir: Path | None, source: str) -> bool:
+    """Whether a read uses the local files (else the Hub)."""
+    return spec.local is not None and source != "hub" and (data_dir is not None or source == "local")
+
+
 def check_available(spec: TaskSpec, split: str, language: str, data_dir: Path | None, source: str = "auto") -> None:
     """Fail early, before any training, if a split/language does not exist or its local file is missing."""
     if language not in spec.languages:
         raise XstiltsError(f"task {spec.name!r} has no language {language!r} (has {', '.join(spec.languages)})")
-    local = spec.local is not None and source != "hub" and (data_dir is not None or source == "local")
-    if local:
+    if _reads_local(spec, data_dir, source):
         if split not in spec.local.files:
             raise XstiltsError(f"task {spec.name!r} has no local split {split!r} (has {', '.join(spec.local.files)})")
         if data_dir is None:
@@ -171,16 +170,7 @@ def check_available(spec: TaskSpec, split: str, language: str, data_dir: Path | 
 def read_split(spec: TaskSpec, split: str, language: str, data_dir: Path | None, source: str = "auto") -> SplitData:
     """Read a split: from local files when the task has them and a data directory is set (or source
     'local'), else (or with source 'hub') from the Hugging Face Hub."""
-    if language not in spec.languages:
-        raise XstiltsError(f"task {spec.name!r} has no language {language!r} (has {', '.join(spec.languages)})")
-    if source == "hub":
-        return read_hub(spec, split, language)
-    if spec.local is not None and (data_dir is not None or source == "local"):
-        if data_dir is None:
-            raise XstiltsError(f"task {spec.name!r}: source 'local' needs --data-dir or XSTILTS_DATA_DIR")
+    check_available(spec, split, language, data_dir, source)
+    if _reads_local(spec, data_dir, source):
         return read_local(spec, split, language, data_dir)
-    if spec.hub is not None:
-        return read_hub(spec, split, language)
-    raise XstiltsError(
-        f"task {spec.name!r} reads local files: set --data-dir or XSTILTS_DATA_DIR to the data folder"
-    )
+    return read_hub(spec, split, language)
