@@ -43,6 +43,7 @@ class TrainConfig(StrictModel):
     eval_every: int | None = Field(default=None, gt=0, description="steps; default: once per epoch")
     patience: int | None = Field(default=None, gt=0, description="stop after N evaluations without gain")
     select_best: bool = True
+    dev_max_examples: int | None = Field(default=None, gt=0, description="cap on dev rows (a fixed subsample)")
     checkpoint_every: int = Field(default=200, gt=0)
     dropout: float | None = Field(default=None, ge=0, lt=1)
 
@@ -76,6 +77,7 @@ class RunConfig(StrictModel):
     seed: int = 13
     max_length: int = Field(default=128, ge=8)
     precision: Literal["auto", "bf16", "fp32"] = "auto"
+    pooling: Literal["mean", "cls"] = Field(default="mean", description="sentence vector the heads read")
     data_dir: str | None = None
     task_dirs: list[str] = Field(default_factory=list)
     intermediate: IntermediateConfig | None = None

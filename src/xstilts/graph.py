@@ -71,7 +71,7 @@ class Graph:
 def build_graph(spec: StudySpec) -> Graph:
     """Every arm (baseline first) x seed: [intermediate] -> target -> one eval node per evaluation set."""
     precision = resolve_precision(spec.precision, pick_device())
-    common = {"model": spec.model, "max_length": spec.max_length, "precision": precision}
+    common = {"model": spec.model, "max_length": spec.max_length, "precision": precision, "pooling": spec.pooling}
     graph = Graph()
     for seed in spec.seeds:
         for arm in [None, *spec.arms]:

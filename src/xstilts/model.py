@@ -12,10 +12,11 @@ from transformers import AutoConfig, AutoModel
 
 HEADS_FILE = "heads.json"
 WEIGHTS_FILE = "model.safetensors"
+SETTINGS_FILE = "xstilts_model.json"
 
 
 class ClassificationHead(nn.Module):
-    """Dropout -> dense -> tanh -> dropout -> projection, on the first token's hidden state."""
+    """Dropout -> dense -> tanh -> dropout -> projection, on a pooled sentence vector."""
 
     def __init__(self, hidden: int, num_labels: int, dropout: float) -> None:
         super().__init__()
@@ -23,18 +24,29 @@ class ClassificationHead(nn.Module):
         self.dense = nn.Linear(hidden, hidden)
         self.out_proj = nn.Linear(hidden, num_labels)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        x = self.dropout(hidden_states[:, 0])
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        x = self.dropout(pooled)
         x = self.dropout(torch.tanh(self.dense(x)))
         return self.out_proj(x)
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Sentence vector: the first token's state ('cls') or the mean over real tokens ('mean', how E5
+    models are pretrained)."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
 
 
 class MultiHeadModel(nn.Module):
     """Encoder plus a dictionary of heads; `heads` maps head name -> its label list."""
 
-    def __init__(self, encoder: nn.Module, heads: dict[str, list[str]], dropout: float | None = None) -> None:
+    def __init__(self, encoder: nn.Module, heads: dict[str, list[str]], dropout: float | None = None,
+                 pooling: str = "mean") -> None:
         super().__init__()
         self.encoder = encoder
+        self.pooling = pooling
         config = encoder.config
         self.dropout = dropout if dropout is not None else getattr(config, "hidden_dropout_prob", 0.1)
         self.labels = dict(heads)
@@ -45,7 +57,7 @@ class MultiHeadModel(nn.Module):
     def forward(self, head: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra: torch.Tensor) -> torch.Tensor:
         """Logits of `head` for a padded batch."""
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
-        return self.heads[head](hidden)
+        return self.heads[head](pool(hidden, attention_mask, self.pooling))
 
     def add_head(self, name: str, labels: list[str]) -> None:
         """Add a freshly initialised head."""
@@ -58,6 +70,7 @@ class MultiHeadModel(nn.Module):
         state = {key: value.detach().contiguous() for key, value in self.state_dict().items()}
         save_file(state, str(directory / WEIGHTS_FILE))
         (directory / HEADS_FILE).write_text(json.dumps(self.labels, indent=1))
+        (directory / SETTINGS_FILE).write_text(json.dumps({"pooling": self.pooling}))
 
 
 def load_encoder(model: str, dropout: float | None = None) -> nn.Module:
@@ -70,11 +83,12 @@ def load_encoder(model: str, dropout: float | None = None) -> nn.Module:
 
 
 def load_checkpoint(
-    model: str, directory: Path, heads: dict[str, list[str]], carry_heads: dict[str, str], dropout: float | None = None
+    model: str, directory: Path, heads: dict[str, list[str]], carry_heads: dict[str, str], dropout: float | None = None,
+    pooling: str = "mean",
 ) -> MultiHeadModel:
     """A model whose encoder comes from a saved phase; `carry_heads` maps new head -> saved head to copy."""
     saved = load_file(str(directory / WEIGHTS_FILE))
-    result = MultiHeadModel(load_encoder(model, dropout), heads, dropout)
+    result = MultiHeadModel(load_encoder(model, dropout), heads, dropout, pooling)
     state = {key: value for key, value in saved.items() if key.startswith("encoder.")}
     for new, old in carry_heads.items():
         state |= {f"heads.{new}.{k[len(f'heads.{old}.'):]}": v for k, v in saved.items() if k.startswith(f"heads.{old}.")}
@@ -89,4 +103,5 @@ def load_checkpoint(
 def load_trained(model: str, directory: Path) -> MultiHeadModel:
     """A trained phase's full model (encoder and all its heads)."""
     heads = json.loads((directory / HEADS_FILE).read_text())
-    return load_checkpoint(model, directory, heads, {name: name for name in heads})
+    settings = json.loads((directory / SETTINGS_FILE).read_text()) if (directory / SETTINGS_FILE).exists() else {}
+    return load_checkpoint(model, directory, heads, {name: name for name in heads}, pooling=settings.get("pooling", "cls"))

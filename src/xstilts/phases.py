@@ -44,16 +44,19 @@ class Context:
     precision: str
     device: torch.device
     tokenizer: PreTrainedTokenizerBase
+    pooling: str = "mean"
     trim_vocab: bool = True
     _splits: dict = field(default_factory=dict)
 
     @classmethod
-    def create(cls, model: str, registry: TaskRegistry, data_dir: Path | None, max_length: int, precision: str) -> Context:
+    def create(cls, model: str, registry: TaskRegistry, data_dir: Path | None, max_length: int, precision: str,
+               pooling: str = "mean") -> Context:
         """Resolve the model (converting the embedded one on first use) and load its tokenizer."""
         path = resolve_model(model)
         device = pick_device()
         tokenizer = AutoTokenizer.from_pretrained(path)
-        return cls(path, registry, data_dir, max_length, resolve_precision(precision, device), device, tokenizer)
+        return cls(path, registry, data_dir, max_length, resolve_precision(precision, device), device, tokenizer,
+                   pooling)
 
     def split(self, task: str, split: str, language: str, source: str = "auto") -> tuple[SplitData, Features]:
         """Rows of one task/split/language, read and tokenized once per context."""
@@ -142,17 +145,18 @@ def train_node(ctx: Context, out_dir: Path, *, tasks: list[TaskData], train: Tra
         features, splits = ctx.rows(data, seed)
         dev = None
         if "dev" in ctx.registry.get(data.task).splits and data.split != "dev":
-            dev, dev_splits = ctx.rows(data.model_copy(update={"max_examples": None}), seed, split="dev")
+            dev_rows = data.model_copy(update={"max_examples": train.dev_max_examples})
+            dev, dev_splits = ctx.rows(dev_rows, 0, split="dev")
             splits += dev_splits
         train_tasks.append(TrainTask(data.task, features, dev))
         provenance += _provenance(splits)
     heads = {data.task: ctx.registry.get(data.task).labels for data in tasks}
     torch.manual_seed(seed)
     if parent is None:
-        model = MultiHeadModel(load_encoder(ctx.model, train.dropout), heads, train.dropout)
+        model = MultiHeadModel(load_encoder(ctx.model, train.dropout), heads, train.dropout, ctx.pooling)
     else:
         carried = _carried_heads(parent, heads) if carry == "encoder_and_head" else {}
-        model = load_checkpoint(ctx.model, parent, heads, carried, train.dropout)
+        model = load_checkpoint(ctx.model, parent, heads, carried, train.dropout, ctx.pooling)
     started = time.perf_counter()
     pad_id = ctx.tokenizer.pad_token_id
     trim = None

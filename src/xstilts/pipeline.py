@@ -34,7 +34,7 @@ def make_context(config: RunConfig) -> Context:
     data_dir = resolve_data_dir(config.data_dir)
     training = [*(config.intermediate.tasks if config.intermediate else []), config.target.task]
     check_plan(registry, data_dir, training, config.target.task.task, config.evaluate)
-    return Context.create(config.model, registry, data_dir, config.max_length, config.precision)
+    return Context.create(config.model, registry, data_dir, config.max_length, config.precision, config.pooling)
 
 
 def _claim_output(config: RunConfig, output: Path) -> None:

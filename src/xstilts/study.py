@@ -31,7 +31,7 @@ def _context(spec: StudySpec) -> Context:
     if key not in _CONTEXTS:
         registry = load_registry([Path(p) for p in spec.task_dirs])
         _CONTEXTS[key] = Context.create(spec.model, registry, resolve_data_dir(spec.data_dir), spec.max_length,
-                                        spec.precision)
+                                        spec.precision, spec.pooling)
     return _CONTEXTS[key]
 
 

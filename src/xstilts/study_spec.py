@@ -44,6 +44,7 @@ class StudySpec(StrictModel):
     model: str = "embedded"
     max_length: int = Field(default=128, ge=8)
     precision: Literal["auto", "bf16", "fp32"] = "auto"
+    pooling: Literal["mean", "cls"] = "mean"
     data_dir: str | None = None
     task_dirs: list[str] = Field(default_factory=list)
     seeds: list[int] = Field(min_length=1)
