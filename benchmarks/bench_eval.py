@@ -1,6 +1,6 @@
 """Evaluation throughput: xstilts vs `Trainer.predict` (run_xnli.py defaults: pad to max length, fp32,
-eval batch 8) on all 15 XNLI test sets with the same trained model (an xstilts phase directory; the
-reference gets the identical weights as BertForSequenceClassification).
+eval batch 8) on all 15 XNLI test sets with the same trained model (an xstilts phase directory),
+fed to the Trainer through an adapter, so both sides compute the same function.
 
     python benchmarks/bench_eval.py --model-dir runs/xnli-baseline/target --short   # 200 pairs per language
     python benchmarks/bench_eval.py --model-dir runs/xnli-baseline/target           # all 75,150 pairs
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA_DIR, XNLI_LANGUAGES, accuracy, examples, to_reference, write_results  # noqa: E402
+from common import DATA_DIR, XNLI_LANGUAGES, TrainerAdapter, accuracy, examples, write_results  # noqa: E402
 
 MAX_LENGTH = 128
 
@@ -53,7 +53,7 @@ def main() -> None:
 
     ctx = Context.create("embedded", load_registry(), DATA_DIR, MAX_LENGTH, "auto")
     model = load_trained(ctx.model, args.model_dir)
-    reference = to_reference(model, args.head).eval()
+    reference = TrainerAdapter(model, args.head).eval()
     limit = 200 if args.short else None
     per_language, seconds = {}, {"reference": 0.0, "xstilts": 0.0}
     pairs = 0

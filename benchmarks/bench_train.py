@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (DATA_DIR, accuracy, examples, matmul_peak_tflops, non_embedding_parameters,  # noqa: E402
-                    peak_rss_mb, reference_model, write_results)
+from common import (DATA_DIR, TrainerAdapter, accuracy, examples, fresh_model,  # noqa: E402
+                    matmul_peak_tflops, non_embedding_parameters, peak_rss_mb, write_results)
 
 LR, BATCH, MAX_LENGTH, WARMUP, DECAY, SEED = 5e-5, 32, 128, 0.1, 0.01, 13
 
@@ -37,10 +37,10 @@ def run_reference(steps: int) -> dict:
     def encode(rows):
         encoded = tokenizer([r.text_a for r in rows], [r.text_b for r in rows], padding="max_length",
                             max_length=MAX_LENGTH, truncation=True)
-        return datasets.Dataset.from_dict({**encoded, "label": [r.label for r in rows]})
+        return datasets.Dataset.from_dict({**encoded, "labels": [r.label for r in rows]})
 
     train, dev = encode(examples("mnli", "train")), encode(examples("mnli", "dev"))
-    model = reference_model()
+    model = TrainerAdapter(fresh_model(SEED), "mnli")
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=BATCH, per_device_eval_batch_size=8,
                                  learning_rate=LR, max_steps=steps, warmup_ratio=WARMUP, weight_decay=DECAY,
@@ -52,8 +52,8 @@ def run_reference(steps: int) -> dict:
     seen = steps * BATCH
     real_tokens = float(np.array(train["attention_mask"]).sum(1).mean() * seen)
     return {"seconds": seconds, "examples": seen, "real_tokens": real_tokens, "padded_tokens": seen * MAX_LENGTH,
-            "dev_accuracy": accuracy(dev_predictions, dev["label"]),
-            "non_embedding_parameters": non_embedding_parameters(model), "peak_rss_mb": peak_rss_mb()}
+            "dev_accuracy": accuracy(dev_predictions, dev["labels"]),
+            "non_embedding_parameters": non_embedding_parameters(model.model.encoder), "peak_rss_mb": peak_rss_mb()}
 
 
 def run_xstilts(steps: int) -> dict:
@@ -72,7 +72,7 @@ def run_xstilts(steps: int) -> dict:
     return {"seconds": metrics["train_seconds"], "examples": metrics["train_examples"],
             "real_tokens": metrics["tokens_per_second"] * metrics["train_seconds"],
             "dev_accuracy": metrics["history"][-1]["dev"]["mnli"], "precision": result["precision"],
-            "non_embedding_parameters": non_embedding_parameters(reference_model()), "peak_rss_mb": peak_rss_mb()}
+            "non_embedding_parameters": non_embedding_parameters(fresh_model(SEED).encoder), "peak_rss_mb": peak_rss_mb()}
 
 
 def summarise(reference: dict, xstilts: dict) -> dict:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoModelForSequenceClassification
+from transformers.modeling_outputs import SequenceClassifierOutput
 
 from xstilts.embedded_model import ensure_default_model
-from xstilts.model import MultiHeadModel
+from xstilts.model import MultiHeadModel, load_encoder
 from xstilts.tasks import load_registry
 from xstilts.tasks.readers import read_split
 
@@ -43,21 +43,24 @@ def non_embedding_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p is not embedding)
 
 
-def reference_model(num_labels: int = 3) -> torch.nn.Module:
-    """Hugging Face BertForSequenceClassification on the embedded model (its pooler freshly initialised)."""
-    model = AutoModelForSequenceClassification.from_pretrained(str(ensure_default_model()), num_labels=num_labels)
-    model._init_weights(model.bert.pooler.dense)
-    return model
+class TrainerAdapter(torch.nn.Module):
+    """An xstilts model (encoder + one head) with the forward signature the HF Trainer expects, so both
+    sides compute the same function from the same initial weights and only the machinery differs."""
+
+    def __init__(self, model: MultiHeadModel, head: str) -> None:
+        super().__init__()
+        self.model, self.head = model, head
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None, labels=None) -> SequenceClassifierOutput:
+        logits = self.model(self.head, input_ids, attention_mask)
+        loss = torch.nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
-def to_reference(model: MultiHeadModel, head: str) -> torch.nn.Module:
-    """The same function as an xstilts encoder + head, as BertForSequenceClassification (pooler = head.dense)."""
-    reference = reference_model(len(model.labels[head]))
-    state = {f"bert.{k[len('encoder.'):]}": v for k, v in model.state_dict().items() if k.startswith("encoder.")}
-    state |= {"bert.pooler.dense.weight": model.heads[head].dense.weight, "bert.pooler.dense.bias": model.heads[head].dense.bias,
-              "classifier.weight": model.heads[head].out_proj.weight, "classifier.bias": model.heads[head].out_proj.bias}
-    reference.load_state_dict(state)
-    return reference
+def fresh_model(seed: int, head: str = "mnli") -> MultiHeadModel:
+    """The embedded encoder with a new head, initialised from `seed` (as xstilts' target phase does)."""
+    torch.manual_seed(seed)
+    return MultiHeadModel(load_encoder(str(ensure_default_model())), {head: load_registry().get(head).labels})
 
 
 def peak_rss_mb() -> float:
