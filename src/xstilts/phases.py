@@ -31,6 +31,7 @@ from xstilts.training import BEST_DIR, CHECKPOINT_DIR, TrainTask, train_phase
 
 DONE_FILE = "DONE"
 RESULT_FILE = "result.json"
+EVAL_SUBSAMPLE_SEED = 0
 
 
 @dataclass
@@ -146,7 +147,7 @@ def train_node(ctx: Context, out_dir: Path, *, tasks: list[TaskData], train: Tra
         dev = None
         if "dev" in ctx.registry.get(data.task).splits and data.split != "dev":
             dev_rows = data.model_copy(update={"max_examples": train.dev_max_examples})
-            dev, dev_splits = ctx.rows(dev_rows, 0, split="dev")
+            dev, dev_splits = ctx.rows(dev_rows, EVAL_SUBSAMPLE_SEED, split="dev")
             splits += dev_splits
         train_tasks.append(TrainTask(data.task, features, dev))
         provenance += _provenance(splits)
@@ -181,8 +182,9 @@ def train_node(ctx: Context, out_dir: Path, *, tasks: list[TaskData], train: Tra
     })
 
 
-def eval_node(ctx: Context, out_dir: Path, *, trained: Path, head: str, data: EvalData, seed: int = 0) -> dict:
-    """Score every language of an evaluation set with one head; writes per-example predictions."""
+def eval_node(ctx: Context, out_dir: Path, *, trained: Path, head: str, data: EvalData) -> dict:
+    """Score every language of an evaluation set with one head; writes per-example predictions.
+    A capped evaluation set is the same subsample for every run and seed, so results stay paired."""
     if is_done(out_dir):
         return _read_result(out_dir)
     spec = ctx.registry.get(data.task)
@@ -192,7 +194,7 @@ def eval_node(ctx: Context, out_dir: Path, *, trained: Path, head: str, data: Ev
     started = time.perf_counter()
     languages, provenance = {}, []
     for language in data.languages or spec.languages:
-        features, splits = ctx.rows(data.model_copy(update={"languages": [language]}), seed)
+        features, splits = ctx.rows(data.model_copy(update={"languages": [language]}), EVAL_SUBSAMPLE_SEED)
         predictions = predict(model, head, features, ctx.tokenizer.pad_token_id, ctx.precision, ctx.device)
         _write_predictions(out_dir / "predictions" / f"{language}.csv", features.labels, predictions, spec.labels)
         languages[language] = {"accuracy": accuracy(predictions, features.labels), "n": len(features)}

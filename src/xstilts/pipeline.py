@@ -65,7 +65,7 @@ def run(config: RunConfig, output: Path) -> dict:
     metrics["evaluation"] = {}
     for data in config.evaluate:
         result = eval_node(ctx, output / f"eval-{data.task}-{data.split}", trained=output / "target",
-                           head=target.task.task, data=data, seed=config.seed)
+                           head=target.task.task, data=data)
         metrics["evaluation"].setdefault(data.task, {})[data.split] = {
             "split": data.split, "average": result["average"],
             **{lang: value["accuracy"] for lang, value in result["languages"].items()},
