@@ -11,6 +11,7 @@ import yaml
 from xstilts.cli import main
 from xstilts.config import RunConfig, load_config
 from xstilts.errors import XstiltsError
+from helpers import one_line_error
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
@@ -22,14 +23,6 @@ def _write_config(tmp_path: Path, data: dict | str, name: str = "run.yaml") -> P
     path = tmp_path / name
     path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return path
-
-
-def _error(excinfo: pytest.ExceptionInfo, *parts: str) -> str:
-    message = str(excinfo.value)
-    assert "\n" not in message, message
-    for part in parts:
-        assert part in message, (part, message)
-    return message
 
 
 def _cli_error(capsys, *parts: str) -> str:
@@ -94,7 +87,7 @@ def test_unknown_key_is_named(tmp_path, data, key):
     path = _write_config(tmp_path, data)
     with pytest.raises(XstiltsError) as excinfo:
         load_config(path)
-    _error(excinfo, str(path), f"unknown key {key!r}")
+    one_line_error(excinfo, str(path), f"unknown key {key!r}")
 
 
 @pytest.mark.parametrize(("data", "parts"), [
@@ -111,21 +104,21 @@ def test_invalid_value_is_named(tmp_path, data, parts):
     path = _write_config(tmp_path, data)
     with pytest.raises(XstiltsError) as excinfo:
         load_config(path)
-    _error(excinfo, str(path), *parts)
+    one_line_error(excinfo, str(path), *parts)
 
 
 def test_missing_and_malformed_files(tmp_path):
     with pytest.raises(XstiltsError) as excinfo:
         load_config(tmp_path / "nope.yaml")
-    _error(excinfo, str(tmp_path / "nope.yaml"), "not found")
+    one_line_error(excinfo, str(tmp_path / "nope.yaml"), "not found")
     path = _write_config(tmp_path, "target: {task: {task: mnli}\nevaluate: [\n")
     with pytest.raises(XstiltsError) as excinfo:
         load_config(path)
-    _error(excinfo, str(path), "invalid YAML")
+    one_line_error(excinfo, str(path), "invalid YAML")
     path = _write_config(tmp_path, "- just\n- a list\n")
     with pytest.raises(XstiltsError) as excinfo:
         load_config(path)
-    _error(excinfo, str(path), "mapping")
+    one_line_error(excinfo, str(path), "mapping")
 
 
 # --- the command line ---------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from xstilts.errors import XstiltsError
 from xstilts.tasks import Example, load_registry
 from xstilts.tasks.readers import read_split
 from xstilts.tasks.registry import BUILTIN_DIR
+from helpers import one_line_error
 
 NLI = ["entailment", "neutral", "contradiction"]
 XNLI_LANGUAGES = ["en", "fr", "es", "de", "el", "bg", "ru", "tr", "ar", "vi", "th", "zh", "hi", "sw", "ur"]
@@ -43,15 +44,6 @@ EXPECTED_ROWS = {
 }
 AMERICAS_RANGES = {"dev": (222, 743), "test": (738, 750)}
 SKIPPED = {("indonli-mt", "dev"): 40}
-
-
-def _one_line_error(excinfo: pytest.ExceptionInfo, *parts: str) -> str:
-    """The error's message, checked to be one line containing every part."""
-    message = str(excinfo.value)
-    assert "\n" not in message, message
-    for part in parts:
-        assert part in message, (part, message)
-    return message
 
 
 def _local_splits() -> list[tuple[str, str]]:
@@ -139,16 +131,16 @@ def test_unknown_language_and_split(shared_data_dir):
     registry = load_registry()
     with pytest.raises(XstiltsError) as excinfo:
         read_split(registry.get("xnli"), "dev", "xx", shared_data_dir)
-    _one_line_error(excinfo, "'xnli'", "'xx'")
+    one_line_error(excinfo, "'xnli'", "'xx'")
     with pytest.raises(XstiltsError) as excinfo:
         read_split(registry.get("xnli"), "train", "en", shared_data_dir)  # XNLI has no local train split
-    _one_line_error(excinfo, "'xnli'", "'train'")
+    one_line_error(excinfo, "'xnli'", "'train'")
 
 
 def test_missing_data_file_names_the_path(tmp_path):
     with pytest.raises(XstiltsError) as excinfo:
         read_split(load_registry().get("mnli"), "dev", "en", tmp_path)
-    _one_line_error(excinfo, str(tmp_path / "glue" / "MNLI" / "dev.json"), "not found")
+    one_line_error(excinfo, str(tmp_path / "glue" / "MNLI" / "dev.json"), "not found")
 
 
 # --- user tasks (YAML only, no code) ------------------------------------------------------------------------
@@ -227,7 +219,7 @@ def test_missing_task_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("XSTILTS_TASK_DIRS", str(tmp_path / "nowhere"))
     with pytest.raises(XstiltsError) as excinfo:
         load_registry()
-    _one_line_error(excinfo, str(tmp_path / "nowhere"), "not found")
+    one_line_error(excinfo, str(tmp_path / "nowhere"), "not found")
 
 
 # --- malformed input: one line naming the file and the row or key -------------------------------------------
@@ -256,7 +248,7 @@ def test_missing_column_without_header(tmp_path):
     path = _write(tmp_path / "data" / "pairs.tsv", "a\tb\tneutral\nonly premise\tneutral\n")
     with pytest.raises(XstiltsError) as excinfo:
         read_split(spec, "dev", "en", tmp_path / "data")
-    _one_line_error(excinfo, f"{path}:2:", "3 columns", "found 2")
+    one_line_error(excinfo, f"{path}:2:", "3 columns", "found 2")
 
 
 def test_missing_column_with_header(tmp_path):
@@ -265,7 +257,7 @@ def test_missing_column_with_header(tmp_path):
                   "premise\thypothesis\tlabel\na\tb\tneutral\nc\td\tentailment\nonly premise\tneutral\n")
     with pytest.raises(XstiltsError) as excinfo:
         read_split(spec, "dev", "en", tmp_path / "data")
-    _one_line_error(excinfo, f"{path}:4:", "3 columns", "found 2")
+    one_line_error(excinfo, f"{path}:4:", "3 columns", "found 2")
 
 
 def test_header_without_configured_column(tmp_path):
@@ -273,7 +265,7 @@ def test_header_without_configured_column(tmp_path):
     path = _write(tmp_path / "data" / "pairs.tsv", "premise\thypo\tlabel\na\tb\tneutral\n")
     with pytest.raises(XstiltsError) as excinfo:
         read_split(spec, "dev", "en", tmp_path / "data")
-    _one_line_error(excinfo, f"{path}:2:", "'hypothesis'")
+    one_line_error(excinfo, f"{path}:2:", "'hypothesis'")
 
 
 def test_unknown_label(tmp_path):
@@ -282,7 +274,7 @@ def test_unknown_label(tmp_path):
                   "premise\thypothesis\tlabel\na\tb\tneutral\nc\td\tmaybe\n")
     with pytest.raises(XstiltsError) as excinfo:
         read_split(spec, "dev", "en", tmp_path / "data")
-    _one_line_error(excinfo, f"{path}:3:", "'maybe'", "entailment, neutral, contradiction")
+    one_line_error(excinfo, f"{path}:3:", "'maybe'", "entailment, neutral, contradiction")
 
 
 def test_empty_file(tmp_path):
@@ -290,7 +282,7 @@ def test_empty_file(tmp_path):
     path = _write(tmp_path / "data" / "pairs.tsv", "")
     with pytest.raises(XstiltsError) as excinfo:
         read_split(spec, "dev", "en", tmp_path / "data")
-    _one_line_error(excinfo, str(path), "empty")
+    one_line_error(excinfo, str(path), "empty")
 
 
 def test_header_only_file_has_no_examples(tmp_path):
@@ -298,7 +290,7 @@ def test_header_only_file_has_no_examples(tmp_path):
     path = _write(tmp_path / "data" / "pairs.tsv", "premise\thypothesis\tlabel\n")
     with pytest.raises(XstiltsError) as excinfo:
         read_split(spec, "dev", "en", tmp_path / "data")
-    _one_line_error(excinfo, str(path), "no labelled examples")
+    one_line_error(excinfo, str(path), "no labelled examples")
 
 
 def test_invalid_json_line(tmp_path):
@@ -307,7 +299,7 @@ def test_invalid_json_line(tmp_path):
                   '{"premise": "a", "hypothesis": "b", "label": "neutral"}\n\n{"premise": "a", "hypothesis": \n')
     with pytest.raises(XstiltsError) as excinfo:
         read_split(spec, "dev", "en", tmp_path / "data")
-    _one_line_error(excinfo, f"{path}:3:", "invalid JSON")
+    one_line_error(excinfo, f"{path}:3:", "invalid JSON")
 
 
 def test_invalid_json_file(tmp_path):
@@ -315,7 +307,7 @@ def test_invalid_json_file(tmp_path):
     path = _write(tmp_path / "data" / "pairs.json", '{\n "0": {"premise": "a",\n "hypothesis": }\n}\n')
     with pytest.raises(XstiltsError) as excinfo:
         read_split(spec, "dev", "en", tmp_path / "data")
-    _one_line_error(excinfo, f"{path}:3:", "invalid JSON")
+    one_line_error(excinfo, f"{path}:3:", "invalid JSON")
 
 
 def test_jsonl_record_missing_field(tmp_path):
@@ -324,20 +316,20 @@ def test_jsonl_record_missing_field(tmp_path):
                   '{"premise": "a", "hypothesis": "b", "label": "neutral"}\n{"premise": "a", "label": "neutral"}\n')
     with pytest.raises(XstiltsError) as excinfo:
         read_split(spec, "dev", "en", tmp_path / "data")
-    _one_line_error(excinfo, f"{path}:2:", "'hypothesis'")
+    one_line_error(excinfo, f"{path}:2:", "'hypothesis'")
 
 
 @pytest.mark.parametrize(("name", "suggestion"), [("mnlli", "mnli"), ("xnl", "xnli"), ("indonli_mt", "indonli-mt")])
 def test_unknown_task_suggests_close_name(name, suggestion):
     with pytest.raises(XstiltsError) as excinfo:
         load_registry().get(name)
-    _one_line_error(excinfo, f"unknown task {name!r}", f"did you mean {suggestion!r}")
+    one_line_error(excinfo, f"unknown task {name!r}", f"did you mean {suggestion!r}")
 
 
 def test_unknown_task_without_close_name():
     with pytest.raises(XstiltsError) as excinfo:
         load_registry().get("zzzzzz")
-    message = _one_line_error(excinfo, "'zzzzzz'")
+    message = one_line_error(excinfo, "'zzzzzz'")
     assert "did you mean" not in message
 
 
@@ -359,7 +351,7 @@ def test_bad_key_in_task_yaml_is_named(tmp_path, fields, key):
     path = _task_yaml(tmp_path, **fields)
     with pytest.raises(XstiltsError) as excinfo:
         load_registry([path.parent])
-    _one_line_error(excinfo, str(path), f"unknown key {key!r}")
+    one_line_error(excinfo, str(path), f"unknown key {key!r}")
 
 
 @pytest.mark.parametrize(("fields", "parts"), [
@@ -372,11 +364,11 @@ def test_invalid_value_in_task_yaml(tmp_path, fields, parts):
     path = _task_yaml(tmp_path, **fields)
     with pytest.raises(XstiltsError) as excinfo:
         load_registry([path.parent])
-    _one_line_error(excinfo, str(path), *parts)
+    one_line_error(excinfo, str(path), *parts)
 
 
 def test_invalid_yaml_syntax(tmp_path):
     path = _write(tmp_path / "tasks" / "t.yaml", "name: t\nlabels: [a, b\n")
     with pytest.raises(XstiltsError) as excinfo:
         load_registry([path.parent])
-    _one_line_error(excinfo, str(path), "invalid YAML")
+    one_line_error(excinfo, str(path), "invalid YAML")
