@@ -128,3 +128,12 @@ def test_shipped_studies_load_and_bad_key_is_named(tmp_path):
     bad.write_text("name: x\nseeds: [1]\ntarget: {task: {task: mnli}}\narms: [{name: a, group: english, tasks: [{task: snli}], capp: 3}]\n")
     with pytest.raises(XstiltsError, match=r"bad.yaml: unknown key 'arms.0.capp'"):
         load_study(bad)
+
+
+def test_parallel_executor_matches_sequential(tiny_model_dir, shared_data_dir, tmp_path):
+    spec = StudySpec(**_spec(tiny_model_dir, shared_data_dir, [SNLI, INDONLI]))
+    run_study(spec, tmp_path / "sequential", workers=1)
+    run_study(spec, tmp_path / "parallel", workers=2)
+    sequential, parallel = (pd.read_csv(tmp_path / d / "results.csv") for d in ("sequential", "parallel"))
+    pd.testing.assert_frame_equal(sequential, parallel)
+    assert len(parallel) == 3 * 2  # baseline + 2 arms, 2 languages
