@@ -15,6 +15,7 @@ import yaml
 from safetensors.torch import load_file
 
 from xstilts.graph import build_graph
+from xstilts.report import write_report
 from xstilts.study import run_study
 from xstilts.study_spec import StudySpec, load_study
 from xstilts.errors import XstiltsError
@@ -66,6 +67,15 @@ def test_rerun_is_cached_and_new_arm_runs_only_new_nodes(tiny_model_dir, shared_
     assert set(results.group) == {"baseline", "english", "low-resource"}
     assert (results[results.arm == "indonli"].arm_languages == "id").all()
     assert (results[results.arm == "indonli"].intermediate_examples == 64).all()
+
+    # the report of this real (tiny) study agrees with the raw per-example predictions
+    write_report(study_dir)
+    summary = pd.read_csv(study_dir / "report" / "summary.csv")
+    for _, row in results.iterrows():
+        correct = pd.read_csv(study_dir / row.predictions)["correct"]
+        cell = summary[(summary.arm == row.arm) & (summary.language == row.language)]
+        assert len(cell) == 1 and cell.accuracy.item() == pytest.approx(correct.mean(), abs=1e-12)
+    assert (study_dir / "report" / "report.html").stat().st_size > 10_000
 
 
 def test_dry_run_lists_each_shared_node_once(tiny_model_dir, shared_data_dir, tmp_path, capsys):
