@@ -43,9 +43,8 @@ class VocabTrim:
 
     def shrink(self, model: MultiHeadModel) -> torch.Tensor:
         """Replace the model's word embeddings by the kept rows; returns the full matrix for `expand`."""
-        embeddings = model.encoder.get_input_embeddings()
-        full = embeddings.weight.detach().clone()
-        model.encoder.set_input_embeddings(nn.Embedding.from_pretrained(full[self.kept].clone(), freeze=False))
+        full = model.encoder.get_input_embeddings().weight.detach()  # no copy: the old module is dropped
+        model.encoder.set_input_embeddings(nn.Embedding.from_pretrained(full[self.kept], freeze=False))
         return full
 
     def expand(self, model: MultiHeadModel, full: torch.Tensor) -> None:
