@@ -140,7 +140,7 @@ def train_node(ctx: Context, out_dir: Path, *, tasks: list[TaskData], train: Tra
                temperature: float = 2.0, description: str = "train") -> dict:
     """Train a head per task (on top of `parent`'s encoder when given); the selected model is saved in out_dir."""
     if is_done(out_dir):
-        return _read_result(out_dir)
+        return read_result(out_dir)
     train_tasks, provenance = [], []
     for data in tasks:
         features, splits = ctx.rows(data, seed)
@@ -186,7 +186,7 @@ def eval_node(ctx: Context, out_dir: Path, *, trained: Path, head: str, data: Ev
     """Score every language of an evaluation set with one head; writes per-example predictions.
     A capped evaluation set is the same subsample for every run and seed, so results stay paired."""
     if is_done(out_dir):
-        return _read_result(out_dir)
+        return read_result(out_dir)
     spec = ctx.registry.get(data.task)
     model = load_trained(ctx.model, trained).to(ctx.device)
     if model.labels[head] != spec.labels:
@@ -219,5 +219,6 @@ def _write_predictions(path: Path, labels: np.ndarray, predictions: np.ndarray, 
             writer.writerow([index, names[gold], names[predicted], int(gold == predicted)])
 
 
-def _read_result(directory: Path) -> dict:
+def read_result(directory: Path) -> dict:
+    """The result.json of a finished phase."""
     return json.loads((directory / RESULT_FILE).read_text())

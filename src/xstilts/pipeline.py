@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -13,7 +12,7 @@ import yaml
 from xstilts.config import RunConfig, load_config
 from xstilts.errors import XstiltsError
 from xstilts.manifest import environment, peak_rss_mb, write_json
-from xstilts.phases import Context, check_plan, eval_node, train_node
+from xstilts.phases import Context, check_plan, eval_node, read_result, train_node
 from xstilts.tasks.registry import load_registry
 
 
@@ -73,7 +72,7 @@ def run(config: RunConfig, output: Path) -> dict:
         }
     write_json(output / "metrics.json", metrics)
     files = [d for phase in ("intermediate", "target") if phase in metrics for d in metrics[phase]["data"]]
-    files += [d for data in config.evaluate for d in _result_data(output / f"eval-{data.task}-{data.split}")]
+    files += [d for data in config.evaluate for d in read_result(output / f"eval-{data.task}-{data.split}")["data"]]
     write_json(output / "manifest.json", {
         **environment(), "seed": config.seed, "model": ctx.model, "precision": ctx.precision,
         "device": str(ctx.device), "data_files": {d["source"]: d["sha256"] for d in files},
@@ -83,10 +82,6 @@ def run(config: RunConfig, output: Path) -> dict:
     })
     print(format_table(metrics["evaluation"]), file=sys.stderr)
     return metrics
-
-
-def _result_data(directory: Path) -> list[dict]:
-    return json.loads((directory / "result.json").read_text())["data"]
 
 
 def format_table(evaluation: dict) -> str:

@@ -14,7 +14,7 @@ from xstilts.errors import XstiltsError
 from xstilts.executors import make_executor
 from xstilts.graph import Graph, Node, build_graph, node_dir
 from xstilts.manifest import environment, peak_rss_mb, write_json
-from xstilts.phases import RESULT_FILE, Context, check_plan, eval_node, is_done, train_node
+from xstilts.phases import Context, check_plan, eval_node, is_done, read_result, train_node
 from xstilts.pipeline import resolve_data_dir
 from xstilts.study_spec import BASELINE, StudySpec
 from xstilts.tasks.registry import load_registry
@@ -64,7 +64,7 @@ class StudyProgress:
         self.started_at = time.perf_counter()
         for node in graph.nodes.values():
             if node.name not in self.todo:
-                result = json.loads((node_dir(study_dir, node) / RESULT_FILE).read_text())
+                result = read_result(node_dir(study_dir, node))
                 self.seconds.setdefault(node.kind, []).append(result.get("seconds", 0.0))
 
     def started(self, node: Node) -> None:
@@ -138,7 +138,7 @@ def run_study(spec: StudySpec, study_dir: Path, workers: int | None = None, dry_
 
 
 def _result(study_dir: Path, name: str) -> dict:
-    return json.loads((study_dir / "nodes" / name / RESULT_FILE).read_text())
+    return read_result(study_dir / "nodes" / name)
 
 
 def _data_files(graph: Graph, study_dir: Path) -> dict[str, str]:

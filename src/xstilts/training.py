@@ -3,7 +3,6 @@ accumulation, periodic dev evaluation with best-state selection, and exact resum
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -96,7 +95,7 @@ def _optimizer(model: MultiHeadModel, config: TrainConfig) -> torch.optim.AdamW:
         if parameter.requires_grad:
             (no_decay if parameter.ndim == 1 else decay).append(parameter)
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.lr, fused=False)
+    return torch.optim.AdamW(groups, lr=config.lr)
 
 
 def _save_checkpoint(out_dir: Path, model: MultiHeadModel, optimizer, scheduler, state: TrainState,
