@@ -12,7 +12,7 @@ import yaml
 from xstilts.config import RunConfig, load_config
 from xstilts.errors import XstiltsError
 from xstilts.manifest import environment, peak_rss_mb, write_json
-from xstilts.phases import Context, check_plan, eval_node, read_result, train_node
+from xstilts.phases import Context, check_plan, eval_node, train_node
 from xstilts.tasks.registry import load_registry
 
 
@@ -62,6 +62,7 @@ def run(config: RunConfig, output: Path) -> dict:
     metrics["target"] = train_node(ctx, output / "target", tasks=[target.task], train=target.train, seed=config.seed,
                                    parent=parent, carry=target.carry, description="target")
     metrics["evaluation"] = {}
+    files = [d for phase in ("intermediate", "target") if phase in metrics for d in metrics[phase]["data"]]
     for data in config.evaluate:
         result = eval_node(ctx, output / f"eval-{data.task}-{data.split}", trained=output / "target",
                            head=target.task.task, data=data)
@@ -70,9 +71,8 @@ def run(config: RunConfig, output: Path) -> dict:
             **{lang: value["accuracy"] for lang, value in result["languages"].items()},
             "n": {lang: value["n"] for lang, value in result["languages"].items()},
         }
+        files += result["data"]
     write_json(output / "metrics.json", metrics)
-    files = [d for phase in ("intermediate", "target") if phase in metrics for d in metrics[phase]["data"]]
-    files += [d for data in config.evaluate for d in read_result(output / f"eval-{data.task}-{data.split}")["data"]]
     write_json(output / "manifest.json", {
         **environment(), "seed": config.seed, "model": ctx.model, "precision": ctx.precision,
         "device": str(ctx.device), "data_files": {d["source"]: d["sha256"] for d in files},

@@ -26,8 +26,8 @@ _CONTEXTS: dict[str, Context] = {}
 
 
 def _context(spec: StudySpec) -> Context:
-    """One context per process and study settings (model and tokenizer load once)."""
-    key = spec.model_dump_json()
+    """One context per process and shared settings (model, tokenizer and tokenized data load once)."""
+    key = json.dumps([spec.model, spec.task_dirs, spec.data_dir, spec.max_length, spec.precision, spec.pooling])
     if key not in _CONTEXTS:
         registry = load_registry([Path(p) for p in spec.task_dirs])
         _CONTEXTS[key] = Context.create(spec.model, registry, resolve_data_dir(spec.data_dir), spec.max_length,
