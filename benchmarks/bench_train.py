@@ -20,7 +20,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (DATA_DIR, TrainerAdapter, accuracy, examples, fresh_model,  # noqa: E402
-                    matmul_peak_tflops, non_embedding_parameters, peak_rss_mb, write_results)
+                    matmul_peak_tflops, non_embedding_parameters, write_results)
+
+from xstilts.memory import peak_rss_mb  # noqa: E402
 
 LR, BATCH, MAX_LENGTH, WARMUP, DECAY, SEED = 5e-5, 32, 128, 0.1, 0.01, 13
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import time
 from pathlib import Path
 
@@ -61,11 +60,6 @@ def fresh_model(seed: int, head: str = "mnli") -> MultiHeadModel:
     """The embedded encoder with a new head, initialised from `seed` (as xstilts' target phase does)."""
     torch.manual_seed(seed)
     return MultiHeadModel(load_encoder(str(ensure_default_model())), {head: load_registry().get(head).labels})
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process, MiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def write_results(path: Path, results: dict) -> None:

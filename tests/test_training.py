@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from xstilts.cli import main
 from xstilts.config import TaskData, TrainConfig, parse_config
 from xstilts.errors import XstiltsError
+from xstilts.evaluation import accuracy, predict
 from xstilts.features import collate, tokenize
 from xstilts.model import HEADS_FILE, WEIGHTS_FILE, MultiHeadModel, load_checkpoint, load_encoder, load_trained
 from xstilts.phases import Context, _carried_heads, train_node
@@ -160,8 +161,10 @@ def test_same_seed_same_result_other_seed_differs(tmp_path, tiny_model_dir, shar
 
 
 def test_resume_after_sigkill_is_exact(tmp_path, tiny_model_dir, shared_data_dir, capsys):
-    # eval_every 1 on the 1,000 MNLI dev rows makes each step slow enough to be killed mid-phase
-    config = _mnli_config(tiny_model_dir, shared_data_dir, 11, checkpoint_every=2, eval_every=1)
+    # eval_every 1 on the 1,000 MNLI dev rows makes each step slow enough to be killed mid-phase; the
+    # trimmed trainable vocabulary and the running checkpoint average must both survive the kill
+    config = _mnli_config(tiny_model_dir, shared_data_dir, 11, checkpoint_every=2, eval_every=1,
+                          freeze_embeddings=False, average_from=0.3)
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
 
@@ -198,7 +201,8 @@ def test_resume_after_sigkill_is_exact(tmp_path, tiny_model_dir, shared_data_dir
     straight = json.loads((tmp_path / "straight" / "target" / "result.json").read_text())
     assert [h["step"] for h in straight["metrics"]["history"]] == [1, 2, 3, 4, 5, 6]
     assert _history(resumed) == _history(straight)
-    for key in ("steps", "best_step", "best_dev", "train_examples", "trained_vocabulary"):
+    assert straight["metrics"]["selected"] == "average of 5"  # steps 2..6
+    for key in ("steps", "best_step", "best_dev", "train_examples", "trained_vocabulary", "average_dev", "selected"):
         assert resumed["metrics"][key] == straight["metrics"][key], key
     _assert_same_weights(interrupted / "target", tmp_path / "straight" / "target")
     assert (json.loads((interrupted / "metrics.json").read_text())["evaluation"]
@@ -235,7 +239,7 @@ def test_checkpoint_from_other_settings_is_refused(tmp_path, ctx, capsys):
 
 def test_vocabulary_trimming_is_equivalent(tmp_path, ctx, tiny_model_dir):
     tasks = [TaskData(task="mnli", max_examples=64)]
-    train = TrainConfig(max_steps=4, batch_size=16, eval_every=2, lr=1e-3, select_best=False)
+    train = TrainConfig(max_steps=4, batch_size=16, eval_every=2, lr=1e-3, select_best=False, freeze_embeddings=False)
     trimmed = train_node(ctx, tmp_path / "trim", tasks=tasks, train=train, seed=5)
     full = train_node(dataclasses.replace(ctx, trim_vocab=False), tmp_path / "full", tasks=tasks, train=train, seed=5)
     assert "trained_vocabulary" not in full["metrics"]
@@ -274,6 +278,50 @@ def test_vocabulary_trimming_is_equivalent(tmp_path, ctx, tiny_model_dir):
     # without trimming, AdamW's decoupled weight decay shrinks the unused rows (and only shrinks them)
     ratio = w_full[EMBEDDINGS][~kept] / base[~kept]
     assert ratio.max() <= 1.0 and ratio.min() > 0.99
+
+
+def test_frozen_embeddings_stay_exactly_as_pretrained(tmp_path, ctx, tiny_model_dir):
+    tasks = [TaskData(task="mnli", max_examples=64)]
+    train = TrainConfig(max_steps=3, batch_size=16, lr=1e-3, freeze_embeddings=True)
+    result = train_node(ctx, tmp_path / "frozen", tasks=tasks, train=train, seed=5)
+    assert "trained_vocabulary" not in result["metrics"]  # nothing to trim when nothing is updated
+    base = load_file(str(tiny_model_dir / "model.safetensors"))
+    trained = _weights(tmp_path / "frozen")
+    assert torch.equal(trained[EMBEDDINGS], base["embeddings.word_embeddings.weight"])
+    # everything else trains, position embeddings included
+    for key in ("embeddings.position_embeddings.weight", "encoder.layer.0.attention.self.query.weight"):
+        assert not torch.equal(trained[f"encoder.{key}"], base[key]), key
+
+
+# --- checkpoint averaging -----------------------------------------------------------------------------------
+
+
+def test_checkpoint_average_is_the_mean_of_the_snapshots(tmp_path, ctx):
+    features, _ = ctx.rows(TaskData(task="mnli", max_examples=48), 1)
+    dev, _ = ctx.rows(TaskData(task="mnli", max_examples=32), 0, split="dev")
+    tasks = [TrainTask("mnli", features, dev)]
+
+    def phase(out: Path, **settings) -> tuple[dict, dict[str, torch.Tensor]]:
+        torch.manual_seed(1)
+        model = MultiHeadModel(load_encoder(ctx.model), {"mnli": NLI})
+        config = TrainConfig(max_steps=4, batch_size=16, lr=1e-3, eval_every=2, checkpoint_every=2, **settings)
+        metrics = train_phase(model, tasks, config, out, seed=1, pad_id=ctx.tokenizer.pad_token_id,
+                              precision="fp32", device=torch.device("cpu"))
+        return metrics, {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    plain, last = phase(tmp_path / "plain", select_best=False)
+    at_step_2 = _weights(tmp_path / "plain" / "checkpoint")  # the checkpoint a phase leaves behind: step 2
+    averaged, mean = phase(tmp_path / "averaged", average_from=0.5)  # snapshots at steps 2 and 4
+    assert plain["selected"] == "last" and averaged["selected"] == "average of 2"
+    assert _history({"metrics": plain}) == _history({"metrics": averaged})  # averaging does not touch the training itself
+    for key, value in mean.items():
+        torch.testing.assert_close(value, (at_step_2[key] + last[key]) / 2, rtol=1e-6, atol=1e-7, msg=key)
+    assert not torch.equal(mean["heads.mnli.out_proj.weight"], last["heads.mnli.out_proj.weight"])
+    # its dev accuracy is measured and reported
+    model = MultiHeadModel(load_encoder(ctx.model), {"mnli": NLI})
+    model.load_state_dict(mean)
+    expected = accuracy(predict(model, "mnli", dev, ctx.tokenizer.pad_token_id, "fp32", torch.device("cpu")), dev.labels)
+    assert averaged["average_dev"] == expected
 
 
 # --- what the target phase carries over ---------------------------------------------------------------------

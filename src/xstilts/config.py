@@ -46,6 +46,12 @@ class TrainConfig(StrictModel):
     dev_max_examples: int | None = Field(default=None, gt=0, description="cap on dev rows (a fixed subsample)")
     checkpoint_every: int = Field(default=200, gt=0)
     dropout: float | None = Field(default=None, ge=0, lt=1)
+    freeze_embeddings: bool = Field(
+        default=True, description="keep the word-embedding matrix fixed (pieces of unseen languages stay aligned)")
+    average_from: float | None = Field(
+        default=None, ge=0, lt=1,
+        description="keep the mean of the weights at every evaluation step from this fraction of training on "
+                    "(checkpoint averaging; replaces best-checkpoint selection)")
 
 
 class IntermediateConfig(StrictModel):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 
@@ -10,14 +12,23 @@ from xstilts.model import MultiHeadModel
 from xstilts.precision import autocast
 
 
+def inference_weights(model: MultiHeadModel, precision: str) -> MultiHeadModel:
+    """For evaluation only: with 'bf16' the weights themselves become bf16 (about 15% faster than autocast
+    over fp32 weights on CPU; LayerNorm and softmax then run in bf16 too, which changes a few predictions
+    in a thousand, in both directions)."""
+    return model.to(torch.bfloat16) if precision == "bf16" else model
+
+
 def predict(
     model: MultiHeadModel, head: str, features: Features, pad_id: int, precision: str, device: torch.device,
-    max_tokens: int = 16384,
+    max_tokens: int = 4096,
 ) -> np.ndarray:
-    """Predicted label index per example (in the input order)."""
+    """Predicted label index per example (in the input order); fp32 weights run under autocast to
+    `precision`, bf16 weights (see `inference_weights`) as they are."""
     model.eval()
     predictions = np.empty(len(features), dtype=np.int64)
-    with torch.inference_mode(), autocast(precision, device):
+    half = next(model.parameters()).dtype == torch.bfloat16
+    with torch.inference_mode(), (contextlib.nullcontext() if half else autocast(precision, device)):
         for indices in token_budget_batches(features.lengths, max_tokens):
             batch = collate(features, indices, pad_id)
             batch.pop("labels")

@@ -19,9 +19,10 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from xstilts.config import EvalData, TaskData, TrainConfig
 from xstilts.embedded_model import resolve_model
 from xstilts.errors import XstiltsError
-from xstilts.evaluation import accuracy, predict
+from xstilts.evaluation import accuracy, inference_weights, predict
 from xstilts.features import Features, tokenize
-from xstilts.manifest import peak_rss_mb, write_json
+from xstilts.manifest import write_json
+from xstilts.memory import peak_rss_mb
 from xstilts.model import HEADS_FILE, MultiHeadModel, load_checkpoint, load_encoder, load_trained
 from xstilts.precision import pick_device, resolve_precision
 from xstilts.tasks.readers import SplitData, check_available, read_split
@@ -161,7 +162,7 @@ def train_node(ctx: Context, out_dir: Path, *, tasks: list[TaskData], train: Tra
     started = time.perf_counter()
     pad_id = ctx.tokenizer.pad_token_id
     trim = None
-    if ctx.trim_vocab:
+    if ctx.trim_vocab and not train.freeze_embeddings:
         everything = [t.train for t in train_tasks] + [t.dev for t in train_tasks if t.dev is not None]
         trim = VocabTrim.from_features(everything, model.encoder.config.vocab_size, ctx.tokenizer.all_special_ids)
         train_tasks = [TrainTask(t.head, trim.remap(t.train), t.dev and trim.remap(t.dev)) for t in train_tasks]
@@ -188,7 +189,7 @@ def eval_node(ctx: Context, out_dir: Path, *, trained: Path, head: str, data: Ev
     if is_done(out_dir):
         return read_result(out_dir)
     spec = ctx.registry.get(data.task)
-    model = load_trained(ctx.model, trained).to(ctx.device)
+    model = inference_weights(load_trained(ctx.model, trained), ctx.precision).to(ctx.device)
     if model.labels[head] != spec.labels:
         raise XstiltsError(f"task {data.task!r} has labels {spec.labels}, head {head!r} has {model.labels[head]}")
     started = time.perf_counter()

@@ -11,7 +11,8 @@ import yaml
 
 from xstilts.config import RunConfig, load_config
 from xstilts.errors import XstiltsError
-from xstilts.manifest import environment, peak_rss_mb, write_json
+from xstilts.manifest import environment, write_json
+from xstilts.memory import peak_rss_mb
 from xstilts.phases import Context, check_plan, eval_node, train_node
 from xstilts.tasks.registry import load_registry
 

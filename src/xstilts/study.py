@@ -13,7 +13,8 @@ from xstilts.config import EvalData, TaskData, TrainConfig
 from xstilts.errors import XstiltsError
 from xstilts.executors import make_executor
 from xstilts.graph import Graph, Node, build_graph, node_dir
-from xstilts.manifest import environment, peak_rss_mb, write_json
+from xstilts.manifest import environment, write_json
+from xstilts.memory import peak_rss_mb
 from xstilts.phases import Context, check_plan, eval_node, is_done, read_result, train_node
 from xstilts.pipeline import resolve_data_dir
 from xstilts.study_spec import BASELINE, StudySpec

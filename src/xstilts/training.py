@@ -15,9 +15,10 @@ from typing import Iterator
 import numpy as np
 import torch
 from tqdm import tqdm
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import get_linear_schedule_with_warmup
 
+from xstilts.averaging import WeightAverage
 from xstilts.config import TrainConfig
 from xstilts.errors import XstiltsError
 from xstilts.evaluation import accuracy, predict
@@ -27,6 +28,7 @@ from xstilts.precision import autocast
 
 CHECKPOINT_DIR = "checkpoint"
 BEST_DIR = "best"
+AVERAGE_FILE = "average.safetensors"
 
 
 @dataclass
@@ -51,6 +53,7 @@ class TrainState:
     examples: int = 0
     tokens: int = 0
     loss_ema: float | None = None
+    averaged: int = 0
 
 
 def task_weights(sizes: list[int], sampling: str, temperature: float) -> np.ndarray:
@@ -99,11 +102,14 @@ def _optimizer(model: MultiHeadModel, config: TrainConfig) -> torch.optim.AdamW:
 
 
 def _save_checkpoint(out_dir: Path, model: MultiHeadModel, optimizer, scheduler, state: TrainState,
-                     fingerprint: dict) -> None:
+                     fingerprint: dict, average: WeightAverage | None) -> None:
     """Atomically replace the phase's checkpoint (weights apart from the training state)."""
     tmp = out_dir / (CHECKPOINT_DIR + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save(tmp)
+    if average is not None and average.count:
+        state.averaged = average.count
+        save_file(average.state(), str(tmp / AVERAGE_FILE))
     torch.save(
         {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
          "state": state.__dict__, "fingerprint": fingerprint},
@@ -117,7 +123,8 @@ def _save_checkpoint(out_dir: Path, model: MultiHeadModel, optimizer, scheduler,
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _resume(out_dir: Path, model: MultiHeadModel, optimizer, scheduler, fingerprint: dict) -> TrainState:
+def _resume(out_dir: Path, model: MultiHeadModel, optimizer, scheduler, fingerprint: dict,
+            average: WeightAverage | None) -> TrainState:
     """Load the checkpoint if there is one (and it was made with the same settings), else a fresh state."""
     directory = out_dir / CHECKPOINT_DIR
     if not (directory / "training_state.pt").exists():
@@ -129,7 +136,10 @@ def _resume(out_dir: Path, model: MultiHeadModel, optimizer, scheduler, fingerpr
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     torch.set_rng_state(saved["rng"])
-    return TrainState(**saved["state"])
+    state = TrainState(**saved["state"])
+    if average is not None and state.averaged:
+        average.load(load_file(str(directory / AVERAGE_FILE)), state.averaged)
+    return state
 
 
 def evaluate_dev(model: MultiHeadModel, tasks: list[TrainTask], pad_id: int, precision: str, device: torch.device) -> dict[str, float]:
@@ -147,12 +157,14 @@ def train_phase(model: MultiHeadModel, tasks: list[TrainTask], config: TrainConf
                 temperature: float = 2.0, description: str = "train") -> dict:
     """Train `model` on `tasks`, resuming from `out_dir/checkpoint` if present; returns the phase's metrics.
 
-    The model left in memory is the selected one: the best on dev when `select_best` and dev rows exist,
-    else the last.
+    The model left in memory is the selected one: the mean of the snapshots when `average_from` is set,
+    else the best on dev when `select_best` and dev rows exist, else the last.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     model.to(device).train()
+    if config.freeze_embeddings:
+        model.encoder.get_input_embeddings().weight.requires_grad_(False)
     total_steps, steps_per_epoch = count_steps(tasks, config)
     eval_every = config.eval_every or steps_per_epoch
     has_dev = any(task.dev is not None for task in tasks)
@@ -161,7 +173,9 @@ def train_phase(model: MultiHeadModel, tasks: list[TrainTask], config: TrainConf
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
     fingerprint = {"config": config.model_dump(), "seed": seed, "sizes": [len(task.train) for task in tasks],
                    "heads": [task.head for task in tasks], "sampling": [sampling, temperature], "precision": precision}
-    state = _resume(out_dir, model, optimizer, scheduler, fingerprint)
+    average = WeightAverage() if config.average_from is not None else None
+    average_start = math.ceil(config.average_from * total_steps) if average is not None else None
+    state = _resume(out_dir, model, optimizer, scheduler, fingerprint, average)
     if state.step:
         print(f"{description}: resuming at step {state.step}/{total_steps}", file=sys.stderr)
     heads = [task.head for task in tasks]
@@ -192,14 +206,17 @@ def train_phase(model: MultiHeadModel, tasks: list[TrainTask], config: TrainConf
         progress.update(1)
         progress.set_postfix(loss=f"{state.loss_ema:.3f}", ex_s=f"{state.examples / state.seconds:.1f}", refresh=False)
         finished = state.step == total_steps
-        if has_dev and (state.step % eval_every == 0 or finished):
+        at_evaluation = state.step % eval_every == 0 or finished
+        if average is not None and at_evaluation and state.step >= average_start:
+            average.add(model)
+        if has_dev and at_evaluation:
             scores = evaluate_dev(model, tasks, pad_id, precision, device)
             score = float(np.mean(list(scores.values())))
             state.history.append({"step": state.step, "dev": scores, "score": score, "loss": state.loss_ema})
             progress.write(f"{description}: step {state.step} dev {score:.4f} " + " ".join(f"{k}={v:.4f}" for k, v in scores.items()))
             if state.best_score is None or score > state.best_score:
                 state.best_score, state.best_step, state.evals_without_gain = score, state.step, 0
-                if config.select_best:
+                if config.select_best and average is None:
                     model.save(out_dir / BEST_DIR)
             else:
                 state.evals_without_gain += 1
@@ -209,14 +226,24 @@ def train_phase(model: MultiHeadModel, tasks: list[TrainTask], config: TrainConf
         if finished:
             break
         if state.step % config.checkpoint_every == 0:
-            _save_checkpoint(out_dir, model, optimizer, scheduler, state, fingerprint)
+            _save_checkpoint(out_dir, model, optimizer, scheduler, state, fingerprint, average)
     progress.close()
-    if has_dev and config.select_best and (out_dir / BEST_DIR).exists():
+    averaged = {}
+    if average is not None and average.count:
+        average.apply(model)
+        selected = f"average of {average.count}"
+        if has_dev:
+            averaged["average_dev"] = float(np.mean(list(evaluate_dev(model, tasks, pad_id, precision, device).values())))
+            progress.write(f"{description}: averaged weights ({average.count} snapshots) dev {averaged['average_dev']:.4f}")
+    elif has_dev and config.select_best and (out_dir / BEST_DIR).exists():
         model.load_state_dict(load_file(str(out_dir / BEST_DIR / WEIGHTS_FILE)))
+        selected = "best"
+    else:
+        selected = "last"
     return {
         "steps": state.step, "total_steps": total_steps, "best_step": state.best_step, "best_dev": state.best_score,
         "history": state.history, "train_seconds": round(state.seconds, 2), "train_examples": state.examples,
         "examples_per_second": round(state.examples / max(state.seconds, 1e-9), 2),
         "tokens_per_second": round(state.tokens / max(state.seconds, 1e-9), 1),
-        "selected": "best" if has_dev and config.select_best else "last",
+        "selected": selected, **averaged,
     }
