@@ -474,3 +474,59 @@ def test_rerun_with_another_config_does_not_mix_results(tmp_path, tiny_model_dir
         return
     assert metrics["target"]["seed"] == 99 and metrics["target"]["metrics"]["steps"] == 3
     assert yaml.safe_load((output / "config.yaml").read_text())["seed"] == 99
+
+
+# --- dropout settings and the attention kernel ----------------------------------------------------------------
+
+
+def _attention_ops(encoder) -> set[str]:
+    """The attention operators one training step (forward and backward) runs."""
+    from torch.profiler import profile
+
+    ids = torch.randint(5, 1000, (4, 16))
+    with profile() as trace:
+        encoder(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state.sum().backward()
+    return {event.key for event in trace.key_averages() if "scaled_dot_product" in event.key}
+
+
+def test_attention_dropout_zero_uses_the_fused_kernel(tiny_model_dir):
+    assert TrainConfig().attention_dropout == 0.0
+    fused = load_encoder(str(tiny_model_dir), dropout=0.2, attention_dropout=0.0).train()
+    assert (fused.config.hidden_dropout_prob, fused.config.attention_probs_dropout_prob) == (0.2, 0.0)
+    kept = load_encoder(str(tiny_model_dir), attention_dropout=None).train()
+    assert (kept.config.hidden_dropout_prob, kept.config.attention_probs_dropout_prob) == (0.1, 0.1)  # the model's own
+    # with dropout on the attention probabilities PyTorch falls back to the unfused path that materialises them
+    assert not any("math" in op for op in _attention_ops(fused))
+    assert any("math" in op for op in _attention_ops(kept))
+
+
+FRAGMENTATION = """
+import sys, torch
+from pathlib import Path
+from xstilts.memory import return_large_blocks_to_os
+
+def resident_mb():
+    return int(Path("/proc/self/statm").read_text().split()[1]) * 4096 / 2**20
+
+if sys.argv[1] == "on":
+    assert return_large_blocks_to_os()
+torch.ones(5 * 2**20)  # allocating and freeing a 20 MiB block is what makes glibc raise its threshold
+before = resident_mb()
+blocks = [torch.ones(2**20) for _ in range(17)]  # 17 blocks of 4 MiB, touched
+grown = resident_mb() - before
+del blocks[:16]  # the last one stays, so this is not just the top of the heap shrinking
+print(grown, resident_mb() - before)
+"""
+
+
+def test_large_blocks_are_returned_to_the_os():
+    def resident_growth(setting: str) -> tuple[float, float]:
+        output = subprocess.run([sys.executable, "-c", FRAGMENTATION, setting], capture_output=True, text=True,
+                                check=True).stdout
+        grown, kept = map(float, output.split())
+        return grown, kept
+
+    grown, kept = resident_growth("off")
+    assert grown > 60 and kept > 60  # glibc's default: 64 MiB freed, still resident
+    grown, kept = resident_growth("on")
+    assert grown > 60 and kept < 12  # with the setting: only the block still in use

@@ -45,7 +45,11 @@ class TrainConfig(StrictModel):
     select_best: bool = True
     dev_max_examples: int | None = Field(default=None, gt=0, description="cap on dev rows (a fixed subsample)")
     checkpoint_every: int = Field(default=200, gt=0)
-    dropout: float | None = Field(default=None, ge=0, lt=1)
+    dropout: float | None = Field(default=None, ge=0, lt=1, description="hidden and head dropout; None: the model's")
+    attention_dropout: float | None = Field(
+        default=0.0, ge=0, lt=1,
+        description="dropout on attention probabilities; 0 lets PyTorch use its fused attention kernel on CPU "
+                    "(with dropout it falls back to a path that materialises every attention matrix); None: the model's")
     freeze_embeddings: bool = Field(
         default=True, description="keep the word-embedding matrix fixed (pieces of unseen languages stay aligned)")
     average_from: float | None = Field(

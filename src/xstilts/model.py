@@ -73,22 +73,24 @@ class MultiHeadModel(nn.Module):
         (directory / SETTINGS_FILE).write_text(json.dumps({"pooling": self.pooling}))
 
 
-def load_encoder(model: str, dropout: float | None = None) -> nn.Module:
-    """The pretrained encoder (any Hugging Face model name or local directory)."""
+def load_encoder(model: str, dropout: float | None = None, attention_dropout: float | None = None) -> nn.Module:
+    """The pretrained encoder (any Hugging Face model name or local directory); None keeps the model's own
+    dropout rates."""
     config = AutoConfig.from_pretrained(model)
     if dropout is not None:
         config.hidden_dropout_prob = dropout
-        config.attention_probs_dropout_prob = dropout
+    if attention_dropout is not None:
+        config.attention_probs_dropout_prob = attention_dropout
     return AutoModel.from_pretrained(model, config=config)
 
 
 def load_checkpoint(
     model: str, directory: Path, heads: dict[str, list[str]], carry_heads: dict[str, str], dropout: float | None = None,
-    pooling: str = "mean",
+    pooling: str = "mean", attention_dropout: float | None = None,
 ) -> MultiHeadModel:
     """A model whose encoder comes from a saved phase; `carry_heads` maps new head -> saved head to copy."""
     saved = load_file(str(directory / WEIGHTS_FILE))
-    result = MultiHeadModel(load_encoder(model, dropout), heads, dropout, pooling)
+    result = MultiHeadModel(load_encoder(model, dropout, attention_dropout), heads, dropout, pooling)
     state = {key: value for key, value in saved.items() if key.startswith("encoder.")}
     for new, old in carry_heads.items():
         state |= {f"heads.{new}.{k[len(f'heads.{old}.'):]}": v for k, v in saved.items() if k.startswith(f"heads.{old}.")}

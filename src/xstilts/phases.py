@@ -155,10 +155,11 @@ def train_node(ctx: Context, out_dir: Path, *, tasks: list[TaskData], train: Tra
     heads = {data.task: ctx.registry.get(data.task).labels for data in tasks}
     torch.manual_seed(seed)
     if parent is None:
-        model = MultiHeadModel(load_encoder(ctx.model, train.dropout), heads, train.dropout, ctx.pooling)
+        model = MultiHeadModel(load_encoder(ctx.model, train.dropout, train.attention_dropout), heads, train.dropout,
+                               ctx.pooling)
     else:
         carried = _carried_heads(parent, heads) if carry == "encoder_and_head" else {}
-        model = load_checkpoint(ctx.model, parent, heads, carried, train.dropout, ctx.pooling)
+        model = load_checkpoint(ctx.model, parent, heads, carried, train.dropout, ctx.pooling, train.attention_dropout)
     started = time.perf_counter()
     pad_id = ctx.tokenizer.pad_token_id
     trim = None

@@ -23,6 +23,7 @@ from xstilts.config import TrainConfig
 from xstilts.errors import XstiltsError
 from xstilts.evaluation import accuracy, predict
 from xstilts.features import Features, collate, length_grouped_batches
+from xstilts.memory import return_large_blocks_to_os
 from xstilts.model import WEIGHTS_FILE, MultiHeadModel
 from xstilts.precision import autocast
 
@@ -161,6 +162,7 @@ def train_phase(model: MultiHeadModel, tasks: list[TrainTask], config: TrainConf
     else the best on dev when `select_best` and dev rows exist, else the last.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
+    return_large_blocks_to_os()
     torch.manual_seed(seed)
     model.to(device).train()
     if config.freeze_embeddings:
