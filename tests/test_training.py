@@ -103,8 +103,9 @@ def test_learns_a_keyword_task_from_a_user_task_folder(tmp_path, tiny_model_dir)
         "model": str(tiny_model_dir), "data_dir": str(data), "task_dirs": [str(tasks)], "precision": "fp32",
         "max_length": 64, "seed": 3,
         "target": {"task": {"task": "keyword"},
+                   # a random model has no pretrained embeddings to keep: let it learn the keywords' pieces
                    "train": {"max_steps": 40, "lr": 3e-3, "batch_size": 16, "eval_every": 4, "warmup_ratio": 0.0,
-                             "select_best": False}},
+                             "select_best": False, "freeze_embeddings": False}},
         "evaluate": [{"task": "keyword", "split": "dev"}]}, "test")
     metrics = run(config, tmp_path / "run")
     history = metrics["target"]["metrics"]["history"]
