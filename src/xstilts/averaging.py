@@ -10,7 +10,8 @@ from torch import nn
 
 
 class WeightAverage:
-    """Sum and count of snapshots of a model's trainable parameters (float32)."""
+    """Sum and count of snapshots of a model's trainable parameters (float32); a checkpoint stores `sums`,
+    the count travels in the training state."""
 
     def __init__(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
@@ -34,10 +35,6 @@ class WeightAverage:
         with torch.no_grad():
             for name, total in self.sums.items():
                 parameters[name].copy_(total / self.count)
-
-    def state(self) -> dict[str, torch.Tensor]:
-        """Tensors to checkpoint (the sums; the count travels in the training state)."""
-        return self.sums
 
     def load(self, sums: dict[str, torch.Tensor], count: int) -> None:
         """Restore from a checkpoint."""

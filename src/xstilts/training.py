@@ -110,7 +110,7 @@ def _save_checkpoint(out_dir: Path, model: MultiHeadModel, optimizer, scheduler,
     model.save(tmp)
     if average is not None and average.count:
         state.averaged = average.count
-        save_file(average.state(), str(tmp / AVERAGE_FILE))
+        save_file(average.sums, str(tmp / AVERAGE_FILE))
     torch.save(
         {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
          "state": state.__dict__, "fingerprint": fingerprint},
