@@ -2,8 +2,8 @@
 eval batch 8) on all 15 XNLI test sets with the same trained model (an xstilts phase directory),
 fed to the Trainer through an adapter, so both sides compute the same function.
 
-    python benchmarks/bench_eval.py --model-dir runs/xnli-baseline/target --short   # 200 pairs per language
-    python benchmarks/bench_eval.py --model-dir runs/xnli-baseline/target           # all 75,150 pairs
+    python benchmarks/bench_eval.py --model-dir runs/bench-train --short   # 200 pairs per language
+    python benchmarks/bench_eval.py --model-dir runs/bench-train           # all 75,150 pairs
 """
 
 from __future__ import annotations

@@ -1,15 +1,19 @@
 """Training throughput: xstilts vs the Hugging Face Trainer as `run_xnli.py` configures it by default
 (padding to max length, fp32), on the embedded model and the local MNLI slice, same hyperparameters and
-number of optimizer steps. Each side runs in its own subprocess so its peak RSS is its own.
+number of optimizer steps. Each side and seed runs in its own subprocess so its peak RSS is its own.
 
-    python benchmarks/bench_train.py --short      # quick check (20 steps, 640 pairs)
-    python benchmarks/bench_train.py              # full figures (1 epoch of the 8,999-pair slice)
+    python benchmarks/bench_train.py --short      # quick check (20 steps, 640 pairs, one seed)
+    python benchmarks/bench_train.py              # full figures (1 epoch of the 8,999-pair slice; xstilts
+                                                  # at seeds 13, 14, 15, the reference at seed 13: ~32 min)
+
+xstilts' trained model of the first seed is kept in runs/bench-train (--model-out) for bench_eval.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,10 +28,10 @@ from common import (DATA_DIR, TrainerAdapter, accuracy, examples, fresh_model,  
 
 from xstilts.memory import peak_rss_mb  # noqa: E402
 
-LR, BATCH, MAX_LENGTH, WARMUP, DECAY, SEED = 5e-5, 32, 128, 0.1, 0.01, 13
+LR, BATCH, MAX_LENGTH, WARMUP, DECAY = 5e-5, 32, 128, 0.1, 0.01
 
 
-def run_reference(steps: int) -> dict:
+def run_reference(steps: int, seed: int) -> dict:
     """HF Trainer, run_xnli.py defaults: pad to max_length, fp32."""
     import datasets
     from transformers import AutoTokenizer, Trainer, TrainingArguments
@@ -42,11 +46,11 @@ def run_reference(steps: int) -> dict:
         return datasets.Dataset.from_dict({**encoded, "labels": [r.label for r in rows]})
 
     train, dev = encode(examples("mnli", "train")), encode(examples("mnli", "dev"))
-    model = TrainerAdapter(fresh_model(SEED), "mnli")
+    model = TrainerAdapter(fresh_model(seed), "mnli")
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=BATCH, per_device_eval_batch_size=8,
                                  learning_rate=LR, max_steps=steps, warmup_steps=int(WARMUP * steps), weight_decay=DECAY,
-                                 max_grad_norm=1.0, save_strategy="no", report_to=[], seed=SEED, use_cpu=True,
+                                 max_grad_norm=1.0, save_strategy="no", report_to=[], seed=seed, use_cpu=True,
                                  logging_steps=max(1, steps // 5), disable_tqdm=True)
         trainer = Trainer(model=model, args=args, train_dataset=train)
         seconds = trainer.train().metrics["train_runtime"]
@@ -58,8 +62,9 @@ def run_reference(steps: int) -> dict:
             "non_embedding_parameters": non_embedding_parameters(model.model.encoder), "peak_rss_mb": peak_rss_mb()}
 
 
-def run_xstilts(steps: int) -> dict:
-    """xstilts' default path: bf16 autocast where supported, dynamic padding, length grouping, vocab trim."""
+def run_xstilts(steps: int, seed: int, model_out: Path | None = None) -> dict:
+    """xstilts' default path (bf16 autocast where supported, dynamic padding, length grouping, vocabulary
+    trimming, its CPU attention, activation checkpointing on the CPU); the trained model goes to `model_out`."""
     from xstilts.config import TaskData, TrainConfig
     from xstilts.phases import Context, train_node
     from xstilts.tasks import load_registry
@@ -68,13 +73,23 @@ def run_xstilts(steps: int) -> dict:
     config = TrainConfig(max_steps=steps, lr=LR, batch_size=BATCH, warmup_ratio=WARMUP, weight_decay=DECAY,
                          eval_every=steps, select_best=False, checkpoint_every=10**9)
     with tempfile.TemporaryDirectory() as tmp:
-        result = train_node(ctx, Path(tmp) / "phase", tasks=[TaskData(task="mnli")], train=config, seed=SEED,
+        out_dir = model_out or Path(tmp) / "phase"
+        shutil.rmtree(out_dir, ignore_errors=True)  # a finished phase directory would be reused, not timed
+        result = train_node(ctx, out_dir, tasks=[TaskData(task="mnli")], train=config, seed=seed,
                             description="xstilts")
     metrics = result["metrics"]
     return {"seconds": metrics["train_seconds"], "examples": metrics["train_examples"],
             "real_tokens": metrics["tokens_per_second"] * metrics["train_seconds"],
             "dev_accuracy": metrics["history"][-1]["dev"]["mnli"], "precision": result["precision"],
             "peak_rss_mb": peak_rss_mb()}
+
+
+def combine(runs: list[dict]) -> dict:
+    """One side over its seeds: summed examples, tokens and seconds, the largest peak RSS, mean dev accuracy."""
+    side = {key: sum(run[key] for run in runs) for key in ("seconds", "examples", "real_tokens")}
+    accuracies = [run["dev_accuracy"] for run in runs]
+    return {**runs[0], **side, "peak_rss_mb": max(run["peak_rss_mb"] for run in runs),
+            "dev_accuracy": float(np.mean(accuracies)), "dev_accuracy_per_seed": accuracies}
 
 
 def summarise(reference: dict, xstilts: dict) -> dict:
@@ -87,7 +102,7 @@ def summarise(reference: dict, xstilts: dict) -> dict:
         side["non_embedding_parameters"] = reference["non_embedding_parameters"]  # the same model on both sides
         side["examples_per_second"] = side["examples"] / side["seconds"]
         side["real_tokens_per_second"] = side["real_tokens"] / side["seconds"]
-        # 6 FLOPs per parameter per real token (forward + backward), attention ignored
+        # 6 FLOPs per parameter per real token (forward + backward; attention and recomputation not counted)
         side["achieved_tflops"] = 6 * side["non_embedding_parameters"] * side["real_tokens_per_second"] / 1e12
         side["fraction_of_peak"] = {k: side["achieved_tflops"] / v for k, v in peaks.items()}
     return {"sides": sides, "matmul_peak_tflops": peaks,
@@ -101,20 +116,35 @@ def main() -> None:
     parser.add_argument("--short", action="store_true", help="20 optimizer steps instead of one epoch")
     parser.add_argument("--steps", type=int, help="optimizer steps (default: 20 short, 282 = one epoch full)")
     parser.add_argument("--side", choices=["reference", "xstilts"], help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=13, help=argparse.SUPPRESS)
+    parser.add_argument("--seeds", help="xstilts' seeds, comma-separated (default: 13 short, 13,14,15 full): "
+                                        "dev accuracy after one epoch varies by about a point between seeds")
+    parser.add_argument("--reference-seeds", default="13", help="the reference's seeds (about 18 min each, full)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train.json"))
+    parser.add_argument("--model-out", type=Path, default=Path("runs/bench-train"),
+                        help="where xstilts' model of the first seed goes (bench_eval.py --model-dir takes it)")
     args = parser.parse_args()
     steps = args.steps or (20 if args.short else 282)
     if args.side:
-        print(json.dumps((run_reference if args.side == "reference" else run_xstilts)(steps)))
+        result = (run_reference(steps, args.seed) if args.side == "reference"
+                  else run_xstilts(steps, args.seed, args.model_out))
+        print(json.dumps(result))
         return
+    seeds = {"reference": args.reference_seeds, "xstilts": args.seeds or ("13" if args.short else "13,14,15")}
     sides = {}
     for side in ("reference", "xstilts"):
-        started = time.perf_counter()
-        output = subprocess.run([sys.executable, __file__, "--side", side, "--steps", str(steps)], check=True,
-                                capture_output=True, text=True).stdout
-        sides[side] = json.loads(output.strip().splitlines()[-1])
-        print(f"{side}: {time.perf_counter() - started:.0f}s", file=sys.stderr)
-    write_results(args.out, {"mode": "short" if args.short else "full", "steps": steps, **summarise(**sides)})
+        runs = []
+        for index, seed in enumerate(int(s) for s in seeds[side].split(",")):
+            started = time.perf_counter()
+            model_out = args.model_out if index == 0 else args.model_out.with_name(f"{args.model_out.name}-seed{seed}")
+            output = subprocess.run([sys.executable, __file__, "--side", side, "--steps", str(steps), "--seed",
+                                     str(seed), "--model-out", str(model_out)], check=True, stdout=subprocess.PIPE,
+                                    text=True).stdout
+            runs.append(json.loads(output.strip().splitlines()[-1]))
+            print(f"{side} seed {seed}: {time.perf_counter() - started:.0f}s", file=sys.stderr)
+        sides[side] = combine(runs)
+    write_results(args.out, {"mode": "short" if args.short else "full", "steps": steps, "seeds": seeds,
+                             **summarise(**sides)})
 
 
 if __name__ == "__main__":

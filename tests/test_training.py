@@ -19,16 +19,18 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from xstilts.attention import CPU_TRAINING_ATTENTION, training_attention
 from xstilts.cli import main
 from xstilts.config import TaskData, TrainConfig, parse_config
 from xstilts.errors import XstiltsError
 from xstilts.evaluation import accuracy, predict
 from xstilts.features import collate, tokenize
 from xstilts.model import HEADS_FILE, WEIGHTS_FILE, MultiHeadModel, load_checkpoint, load_encoder, load_trained
-from xstilts.phases import Context, _carried_heads, train_node
+from xstilts.phases import SPILLED_EMBEDDINGS_FILE, Context, _carried_heads, train_node
 from xstilts.pipeline import run
 from xstilts.tasks import load_registry
 from xstilts.tasks.readers import read_split
+from xstilts.precision import autocast
 from xstilts.training import TrainTask, train_phase
 from xstilts.vocab import VocabTrim
 
@@ -203,7 +205,7 @@ def test_resume_after_sigkill_is_exact(tmp_path, tiny_model_dir, shared_data_dir
     assert [h["step"] for h in straight["metrics"]["history"]] == [1, 2, 3, 4, 5, 6]
     assert _history(resumed) == _history(straight)
     assert straight["metrics"]["selected"] == "average of 5"  # steps 2..6
-    for key in ("steps", "best_step", "best_dev", "train_examples", "trained_vocabulary", "average_dev", "selected"):
+    for key in ("steps", "best_step", "best_dev", "train_examples", "vocabulary_in_training", "average_dev", "selected"):
         assert resumed["metrics"][key] == straight["metrics"][key], key
     _assert_same_weights(interrupted / "target", tmp_path / "straight" / "target")
     assert (json.loads((interrupted / "metrics.json").read_text())["evaluation"]
@@ -243,7 +245,7 @@ def test_vocabulary_trimming_is_equivalent(tmp_path, ctx, tiny_model_dir):
     train = TrainConfig(max_steps=4, batch_size=16, eval_every=2, lr=1e-3, select_best=False, freeze_embeddings=False)
     trimmed = train_node(ctx, tmp_path / "trim", tasks=tasks, train=train, seed=5)
     full = train_node(dataclasses.replace(ctx, trim_vocab=False), tmp_path / "full", tasks=tasks, train=train, seed=5)
-    assert "trained_vocabulary" not in full["metrics"]
+    assert "vocabulary_in_training" not in full["metrics"]
 
     # The same dev history. Measured on this machine (CPU, fp32, one thread) both runs are bit-identical apart
     # from the unused embedding rows; the tolerances below (rel 1e-5, abs 1e-6) only allow for float32
@@ -258,7 +260,8 @@ def test_vocabulary_trimming_is_equivalent(tmp_path, ctx, tiny_model_dir):
     train_rows, _ = ctx.rows(tasks[0], 5)
     dev_rows, _ = ctx.rows(tasks[0].model_copy(update={"max_examples": None}), 5, split="dev")
     trim = VocabTrim.from_features([train_rows, dev_rows], 250037, ctx.tokenizer.all_special_ids)
-    assert trimmed["metrics"]["trained_vocabulary"] == len(trim.kept)
+    assert trimmed["metrics"]["vocabulary_in_training"] == len(trim.kept)
+    assert sorted(p.name for p in (tmp_path / "trim").iterdir()) == sorted(p.name for p in (tmp_path / "full").iterdir())
     assert 1000 < len(trim.kept) < 20000
     kept = torch.zeros(250037, dtype=torch.bool)
     kept[torch.from_numpy(trim.kept)] = True
@@ -285,7 +288,9 @@ def test_frozen_embeddings_stay_exactly_as_pretrained(tmp_path, ctx, tiny_model_
     tasks = [TaskData(task="mnli", max_examples=64)]
     train = TrainConfig(max_steps=3, batch_size=16, lr=1e-3, freeze_embeddings=True)
     result = train_node(ctx, tmp_path / "frozen", tasks=tasks, train=train, seed=5)
-    assert "trained_vocabulary" not in result["metrics"]  # nothing to trim when nothing is updated
+    # trimmed all the same (the full matrix waits on disk while the phase trains), then put back whole
+    assert 1000 < result["metrics"]["vocabulary_in_training"] < 20000
+    assert not (tmp_path / "frozen" / SPILLED_EMBEDDINGS_FILE).exists()
     base = load_file(str(tiny_model_dir / "model.safetensors"))
     trained = _weights(tmp_path / "frozen")
     assert torch.equal(trained[EMBEDDINGS], base["embeddings.word_embeddings.weight"])
@@ -477,57 +482,137 @@ def test_rerun_with_another_config_does_not_mix_results(tmp_path, tiny_model_dir
     assert yaml.safe_load((output / "config.yaml").read_text())["seed"] == 99
 
 
-# --- dropout settings and the attention kernel ----------------------------------------------------------------
+# --- attention, activation checkpointing, padding and memory -------------------------------------------------
 
 
-def _attention_ops(encoder) -> set[str]:
-    """The attention operators one training step (forward and backward) runs."""
-    from torch.profiler import profile
-
-    ids = torch.randint(5, 1000, (4, 16))
-    with profile() as trace:
-        encoder(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state.sum().backward()
-    return {event.key for event in trace.key_averages() if "scaled_dot_product" in event.key}
-
-
-def test_attention_dropout_zero_uses_the_fused_kernel(tiny_model_dir):
+def test_dropout_settings(tiny_model_dir):
     assert TrainConfig().attention_dropout == 0.0
-    fused = load_encoder(str(tiny_model_dir), dropout=0.2, attention_dropout=0.0).train()
-    assert (fused.config.hidden_dropout_prob, fused.config.attention_probs_dropout_prob) == (0.2, 0.0)
-    kept = load_encoder(str(tiny_model_dir), attention_dropout=None).train()
+    encoder = load_encoder(str(tiny_model_dir), dropout=0.2, attention_dropout=0.0)
+    assert (encoder.config.hidden_dropout_prob, encoder.config.attention_probs_dropout_prob) == (0.2, 0.0)
+    kept = load_encoder(str(tiny_model_dir), attention_dropout=None)
     assert (kept.config.hidden_dropout_prob, kept.config.attention_probs_dropout_prob) == (0.1, 0.1)  # the model's own
-    # with dropout on the attention probabilities PyTorch falls back to the unfused path that materialises them
-    assert not any("math" in op for op in _attention_ops(fused))
-    assert any("math" in op for op in _attention_ops(kept))
+
+
+def _padded_batch() -> dict[str, torch.Tensor]:
+    ids = torch.randint(5, 1000, (3, 12), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    mask[2, 3:] = 0
+    return {"input_ids": ids.masked_fill(mask == 0, 1), "attention_mask": mask}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cpu_training_attention_computes_what_sdpa_computes(tiny_model_dir, precision):
+    """Same outputs and gradients as PyTorch's SDPA on a padded batch (bf16: within bf16 rounding)."""
+    batch = _padded_batch()
+    results = {}
+    for name in ("sdpa", CPU_TRAINING_ATTENTION):
+        encoder = load_encoder(str(tiny_model_dir), dropout=0.0, attention_dropout=0.0).train()
+        encoder.set_attn_implementation(name)
+        with autocast(precision, torch.device("cpu")):
+            hidden = encoder(**batch).last_hidden_state
+        real = hidden[batch["attention_mask"].bool()].float()
+        real.square().sum().backward()
+        results[name] = real.detach(), encoder.encoder.layer[0].attention.self.query.weight.grad
+    (out_a, grad_a), (out_b, grad_b) = results.values()
+    tolerance = {"fp32": dict(rtol=1e-5, atol=1e-5), "bf16": dict(rtol=0.05, atol=0.05)}[precision]
+    torch.testing.assert_close(out_b, out_a, **tolerance)
+    torch.testing.assert_close(grad_b, grad_a, **tolerance)
+
+
+def test_training_switches_attention_and_checkpointing_on_and_back(tmp_path, ctx):
+    assert training_attention("auto", torch.device("cpu")) == CPU_TRAINING_ATTENTION
+    assert training_attention("auto", torch.device("cuda")) is None  # the model's own (SDPA) on GPUs
+    assert training_attention("model", torch.device("cpu")) is None
+    assert training_attention("eager", torch.device("cpu")) == "eager"
+    features, _ = ctx.rows(TaskData(task="mnli", max_examples=16), 1)
+    model = MultiHeadModel(load_encoder(ctx.model), {"mnli": NLI})
+    seen = []
+    original = model.encoder.forward
+
+    def spy(*args, **kwargs):
+        seen.append((model.encoder.config._attn_implementation, model.encoder.is_activation_checkpointing))
+        return original(*args, **kwargs)
+
+    model.encoder.forward = spy
+    train_phase(model, [TrainTask("mnli", features)], TrainConfig(max_steps=2, batch_size=8), tmp_path, seed=1,
+                pad_id=1, precision="fp32", device=torch.device("cpu"))
+    assert seen == [(CPU_TRAINING_ATTENTION, True)] * 2
+    assert (model.encoder.config._attn_implementation, model.encoder.is_activation_checkpointing) == ("sdpa", False)
+
+
+def _train_variants(ctx, root: Path, variants: dict[str, TrainConfig]) -> dict[str, dict]:
+    tasks = [TaskData(task="mnli", max_examples=48)]
+    return {name: train_node(ctx, root / name, tasks=tasks, train=config, seed=2) for name, config in variants.items()}
+
+
+def _assert_same_training(root: Path, results: dict[str, dict]) -> None:
+    (a, result_a), (b, result_b) = results.items()
+    assert result_a["metrics"]["history"][0]["dev"] == result_b["metrics"]["history"][0]["dev"]
+    left, right = _weights(root / a), _weights(root / b)
+    for key in left:
+        torch.testing.assert_close(right[key], left[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_activation_checkpointing_leaves_training_unchanged(tmp_path, ctx):
+    """Recomputing each layer's activations in the backward pass (dropout masks included) trains the same model
+    as keeping them."""
+    kept = TrainConfig(max_steps=3, batch_size=16, lr=1e-3, eval_every=3, select_best=False, dropout=0.1,
+                       activation_checkpointing=False)
+    results = _train_variants(ctx, tmp_path, {"kept": kept, "recomputed": kept.model_copy(
+        update={"activation_checkpointing": True})})
+    _assert_same_training(tmp_path, results)
+    base = load_file(str(Path(ctx.model) / "model.safetensors"))
+    assert not torch.equal(_weights(tmp_path / "kept")["encoder.encoder.layer.0.attention.self.query.weight"],
+                           base["encoder.layer.0.attention.self.query.weight"])  # it did train
+
+
+def test_padding_to_a_multiple_leaves_training_unchanged(tmp_path, ctx):
+    """Padded positions are masked out: without dropout (whose masks are drawn per padded shape), batches
+    padded to a multiple of 16 train the same model as batches padded to their longest row."""
+    longest = TrainConfig(max_steps=3, batch_size=16, lr=1e-3, eval_every=3, select_best=False, dropout=0.0,
+                          pad_to_multiple=1)
+    results = _train_variants(ctx, tmp_path, {"longest": longest, "multiple": longest.model_copy(
+        update={"pad_to_multiple": 16})})
+    _assert_same_training(tmp_path, results)
+
+
+def test_collate_rounds_the_width_up_to_a_multiple(ctx):
+    features, _ = ctx.rows(TaskData(task="mnli", max_examples=8), 1)
+    longest = int(features.lengths.max())
+    batch = collate(features, np.arange(8), 1, multiple=16)
+    assert batch["input_ids"].shape == (8, longest + (-longest % 16))
+    assert batch["attention_mask"].sum(1).tolist() == features.lengths.tolist()
+    assert (batch["input_ids"][batch["attention_mask"] == 0] == 1).all()
 
 
 FRAGMENTATION = """
 import sys, torch
 from pathlib import Path
-from xstilts.memory import return_large_blocks_to_os
+from xstilts.memory import release_free_heap
 
 def resident_mb():
     return int(Path("/proc/self/statm").read_text().split()[1]) * 4096 / 2**20
 
-if sys.argv[1] == "on":
-    assert return_large_blocks_to_os()
-torch.ones(5 * 2**20)  # allocating and freeing a 20 MiB block is what makes glibc raise its threshold
+torch.ones(5 * 2**20)  # allocating and freeing a 20 MiB block is what makes glibc raise its mmap threshold
 before = resident_mb()
-blocks = [torch.ones(2**20) for _ in range(17)]  # 17 blocks of 4 MiB, touched
+blocks = [torch.ones(2**20) for _ in range(17)]  # 17 blocks of 4 MiB from the heap, touched
 grown = resident_mb() - before
 del blocks[:16]  # the last one stays, so this is not just the top of the heap shrinking
-print(grown, resident_mb() - before)
+freed = resident_mb() - before
+if sys.argv[1] == "release":
+    assert release_free_heap()
+print(grown, freed, resident_mb() - before)
 """
 
 
-def test_large_blocks_are_returned_to_the_os():
-    def resident_growth(setting: str) -> tuple[float, float]:
+def test_free_heap_is_returned_to_the_os():
+    def resident_growth(setting: str) -> list[float]:
         output = subprocess.run([sys.executable, "-c", FRAGMENTATION, setting], capture_output=True, text=True,
                                 check=True).stdout
-        grown, kept = map(float, output.split())
-        return grown, kept
+        return [float(x) for x in output.split()]
 
-    grown, kept = resident_growth("off")
-    assert grown > 60 and kept > 60  # glibc's default: 64 MiB freed, still resident
-    grown, kept = resident_growth("on")
-    assert grown > 60 and kept < 12  # with the setting: only the block still in use
+    grown, freed, kept = resident_growth("keep")
+    assert grown > 60 and freed > 60 and kept > 60  # glibc's default: 64 MiB freed, still resident
+    grown, freed, kept = resident_growth("release")
+    assert grown > 60 and freed > 60 and kept < 12  # after release: only the block still in use

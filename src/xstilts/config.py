@@ -47,9 +47,16 @@ class TrainConfig(StrictModel):
     checkpoint_every: int = Field(default=200, gt=0)
     dropout: float | None = Field(default=None, ge=0, lt=1, description="hidden and head dropout; None: the model's")
     attention_dropout: float | None = Field(
-        default=0.0, ge=0, lt=1,
-        description="dropout on attention probabilities; 0 lets PyTorch use its fused attention kernel on CPU "
-                    "(with dropout it falls back to a path that materialises every attention matrix); None: the model's")
+        default=0.0, ge=0, lt=1, description="dropout on attention probabilities; None: the model's")
+    attention: Literal["auto", "model", "xstilts_cpu", "eager", "sdpa"] = Field(
+        default="auto", description="attention implementation while training; 'auto': xstilts' own on the CPU "
+                                    "(see xstilts.attention), the model's own (SDPA) elsewhere")
+    activation_checkpointing: bool | None = Field(
+        default=None, description="recompute each layer's activations in the backward pass instead of keeping "
+                                  "them; None: on for the CPU (peak memory), off on GPUs (speed)")
+    pad_to_multiple: int = Field(
+        default=16, gt=0, description="round each training batch's width up to a multiple of this: activations "
+                                      "then come in few sizes that the heap reuses instead of fragmenting")
     freeze_embeddings: bool = Field(
         default=True, description="keep the word-embedding matrix fixed (pieces of unseen languages stay aligned)")
     average_from: float | None = Field(

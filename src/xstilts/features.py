@@ -45,9 +45,10 @@ def tokenize(examples: list[Example], tokenizer: PreTrainedTokenizerBase, max_le
     return Features(encoded["input_ids"], types if uses_types else None, labels)
 
 
-def collate(features: Features, indices: np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
-    """A batch padded to its longest member (dynamic padding)."""
+def collate(features: Features, indices: np.ndarray, pad_id: int, multiple: int = 1) -> dict[str, torch.Tensor]:
+    """A batch padded to its longest member (dynamic padding), rounded up to a multiple of `multiple`."""
     width = max(len(features.input_ids[i]) for i in indices)
+    width += -width % multiple
     input_ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(indices), width), dtype=torch.long)
     token_type_ids = torch.zeros((len(indices), width), dtype=torch.long) if features.token_type_ids else None

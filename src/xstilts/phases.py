@@ -22,7 +22,7 @@ from xstilts.errors import XstiltsError
 from xstilts.evaluation import accuracy, inference_weights, predict
 from xstilts.features import Features, tokenize
 from xstilts.manifest import write_json
-from xstilts.memory import peak_rss_mb
+from xstilts.memory import peak_rss_mb, release_free_heap
 from xstilts.model import HEADS_FILE, MultiHeadModel, load_checkpoint, load_encoder, load_trained
 from xstilts.precision import pick_device, resolve_precision
 from xstilts.tasks.readers import SplitData, check_available, read_split
@@ -32,6 +32,7 @@ from xstilts.training import BEST_DIR, CHECKPOINT_DIR, TrainTask, train_phase
 
 DONE_FILE = "DONE"
 RESULT_FILE = "result.json"
+SPILLED_EMBEDDINGS_FILE = "full-embeddings.safetensors"  # while a trimmed phase trains
 EVAL_SUBSAMPLE_SEED = 0
 
 
@@ -163,17 +164,20 @@ def train_node(ctx: Context, out_dir: Path, *, tasks: list[TaskData], train: Tra
     started = time.perf_counter()
     pad_id = ctx.tokenizer.pad_token_id
     trim = None
-    if ctx.trim_vocab and not train.freeze_embeddings:
+    if ctx.trim_vocab:
         everything = [t.train for t in train_tasks] + [t.dev for t in train_tasks if t.dev is not None]
         trim = VocabTrim.from_features(everything, model.encoder.config.vocab_size, ctx.tokenizer.all_special_ids)
         train_tasks = [TrainTask(t.head, trim.remap(t.train), t.dev and trim.remap(t.dev)) for t in train_tasks]
-        full_embeddings, pad_id = trim.shrink(model), int(trim.full_to_trimmed[pad_id])
+        out_dir.mkdir(parents=True, exist_ok=True)
+        trim.shrink(model, out_dir / SPILLED_EMBEDDINGS_FILE)
+        pad_id = int(trim.full_to_trimmed[pad_id])
     metrics = train_phase(model, train_tasks, train, out_dir, seed=seed, pad_id=pad_id,
                           precision=ctx.precision, device=ctx.device, sampling=sampling, temperature=temperature,
                           description=description)
+    release_free_heap()  # before the full embedding matrix comes back
     if trim is not None:
-        trim.expand(model, full_embeddings)
-        metrics["trained_vocabulary"] = len(trim.kept)
+        trim.expand(model, out_dir / SPILLED_EMBEDDINGS_FILE)
+        metrics["vocabulary_in_training"] = len(trim.kept)
     model.save(out_dir)
     for leftover in (CHECKPOINT_DIR, BEST_DIR):
         shutil.rmtree(out_dir / leftover, ignore_errors=True)

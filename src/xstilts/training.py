@@ -18,12 +18,13 @@ from tqdm import tqdm
 from safetensors.torch import load_file, save_file
 from transformers import get_linear_schedule_with_warmup
 
+from xstilts.attention import attention_implementation, training_attention
+from xstilts.memory import activation_checkpointing
 from xstilts.averaging import WeightAverage
 from xstilts.config import TrainConfig
 from xstilts.errors import XstiltsError
 from xstilts.evaluation import accuracy, predict
 from xstilts.features import Features, collate, length_grouped_batches
-from xstilts.memory import return_large_blocks_to_os
 from xstilts.model import WEIGHTS_FILE, MultiHeadModel
 from xstilts.precision import autocast
 
@@ -99,7 +100,8 @@ def _optimizer(model: MultiHeadModel, config: TrainConfig) -> torch.optim.AdamW:
         if parameter.requires_grad:
             (no_decay if parameter.ndim == 1 else decay).append(parameter)
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.lr)
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype == torch.float32 for p in decay + no_decay)
+    return torch.optim.AdamW(groups, lr=config.lr, fused=fused)
 
 
 def _save_checkpoint(out_dir: Path, model: MultiHeadModel, optimizer, scheduler, state: TrainState,
@@ -162,10 +164,17 @@ def train_phase(model: MultiHeadModel, tasks: list[TrainTask], config: TrainConf
     else the best on dev when `select_best` and dev rows exist, else the last.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    if getattr(model.encoder.config, "attention_probs_dropout_prob", None) == 0:
-        # measured: peak RSS -20% for 2% of speed; with attention dropout the unfused attention path's many
-        # large temporaries would each be page-faulted anew (30% slower), so the heap is left as it is
-        return_large_blocks_to_os()
+    checkpointing = config.activation_checkpointing if config.activation_checkpointing is not None else device.type == "cpu"
+    with attention_implementation(model.encoder, training_attention(config.attention, device)), \
+            activation_checkpointing(model.encoder, checkpointing):
+        return _train(model, tasks, config, out_dir, seed=seed, pad_id=pad_id, precision=precision, device=device,
+                      sampling=sampling, temperature=temperature, description=description)
+
+
+def _train(model: MultiHeadModel, tasks: list[TrainTask], config: TrainConfig, out_dir: Path, *, seed: int,
+           pad_id: int, precision: str, device: torch.device, sampling: str, temperature: float,
+           description: str) -> dict:
+    """The loop of `train_phase`."""
     torch.manual_seed(seed)
     model.to(device).train()
     if config.freeze_embeddings:
@@ -192,7 +201,7 @@ def train_phase(model: MultiHeadModel, tasks: list[TrainTask], config: TrainConf
         for micro in range(config.grad_accumulation):
             task_index, indices = schedule[state.step * config.grad_accumulation + micro]
             task = tasks[task_index]
-            batch = {key: value.to(device) for key, value in collate(task.train, indices, pad_id).items()}
+            batch = {key: value.to(device) for key, value in collate(task.train, indices, pad_id, config.pad_to_multiple).items()}
             labels = batch.pop("labels")
             with autocast(precision, device):
                 logits = model(heads[task_index], **batch)

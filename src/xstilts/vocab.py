@@ -1,5 +1,6 @@
 """Vocabulary trimming for training: the word-embedding matrix (82% of mE5-small's parameters) is cut to
-the pieces a phase's data actually contains, so its gradient and AdamW update touch only those rows.
+the pieces a phase's data actually contains. Its gradient and AdamW update then touch only those rows, and
+the full matrix (384 MB in fp32) waits on disk instead of in memory while the phase trains.
 
 Outputs for text made of those pieces are identical to the untrimmed model's; the rows a phase never
 sees are left exactly as they were (full-vocabulary AdamW would only shrink them by weight decay)."""
@@ -7,13 +8,17 @@ sees are left exactly as they were (full-vocabulary AdamW would only shrink them
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from xstilts.features import Features
 from xstilts.model import MultiHeadModel
+
+SPILLED = "word_embeddings"
 
 
 @dataclass
@@ -41,13 +46,17 @@ class VocabTrim:
         ids = [self.full_to_trimmed[row].tolist() for row in features.input_ids]
         return Features(ids, features.token_type_ids, features.labels)
 
-    def shrink(self, model: MultiHeadModel) -> torch.Tensor:
-        """Replace the model's word embeddings by the kept rows; returns the full matrix for `expand`."""
-        full = model.encoder.get_input_embeddings().weight.detach()  # no copy: the old module is dropped
+    def shrink(self, model: MultiHeadModel, spill: Path) -> None:
+        """Replace the model's word embeddings by the kept rows; the full matrix is written to `spill` (a
+        safetensors file) and dropped from memory until `expand`."""
+        full = model.encoder.get_input_embeddings().weight.detach()
+        save_file({SPILLED: full}, str(spill))
         model.encoder.set_input_embeddings(nn.Embedding.from_pretrained(full[self.kept], freeze=False))
-        return full
 
-    def expand(self, model: MultiHeadModel, full: torch.Tensor) -> None:
-        """Write the trained rows back into the full matrix and put it back into the model."""
+    def expand(self, model: MultiHeadModel, spill: Path) -> None:
+        """Write the trained rows into the full matrix read back from `spill`, put it into the model and
+        delete the file."""
+        full = load_file(str(spill))[SPILLED]
         full[torch.from_numpy(self.kept)] = model.encoder.get_input_embeddings().weight.detach().to(full.dtype)
         model.encoder.set_input_embeddings(nn.Embedding.from_pretrained(full, freeze=False))
+        spill.unlink()
