@@ -174,8 +174,8 @@ def train_node(ctx: Context, out_dir: Path, *, tasks: list[TaskData], train: Tra
     metrics = train_phase(model, train_tasks, train, out_dir, seed=seed, pad_id=pad_id,
                           precision=ctx.precision, device=ctx.device, sampling=sampling, temperature=temperature,
                           description=description)
-    release_free_heap()  # before the full embedding matrix comes back
     if trim is not None:
+        release_free_heap()  # the heap left fragmented by training, before the full matrix comes back
         trim.expand(model, out_dir / SPILLED_EMBEDDINGS_FILE)
         metrics["vocabulary_in_training"] = len(trim.kept)
     model.save(out_dir)

@@ -164,7 +164,9 @@ def train_phase(model: MultiHeadModel, tasks: list[TrainTask], config: TrainConf
     else the best on dev when `select_best` and dev rows exist, else the last.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    checkpointing = config.activation_checkpointing if config.activation_checkpointing is not None else device.type == "cpu"
+    checkpointing = config.activation_checkpointing
+    if checkpointing is None:
+        checkpointing = device.type == "cpu"
     with attention_implementation(model.encoder, training_attention(config.attention, device)), \
             activation_checkpointing(model.encoder, checkpointing):
         return _train(model, tasks, config, out_dir, seed=seed, pad_id=pad_id, precision=precision, device=device,
@@ -201,7 +203,8 @@ def _train(model: MultiHeadModel, tasks: list[TrainTask], config: TrainConfig, o
         for micro in range(config.grad_accumulation):
             task_index, indices = schedule[state.step * config.grad_accumulation + micro]
             task = tasks[task_index]
-            batch = {key: value.to(device) for key, value in collate(task.train, indices, pad_id, config.pad_to_multiple).items()}
+            batch = collate(task.train, indices, pad_id, config.pad_to_multiple)
+            batch = {key: value.to(device) for key, value in batch.items()}
             labels = batch.pop("labels")
             with autocast(precision, device):
                 logits = model(heads[task_index], **batch)
