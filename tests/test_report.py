@@ -138,13 +138,13 @@ def test_findings_follow_the_data(tmp_path: Path) -> None:
     """Planting the gain on the low-resource arms flips the answer (the prose is not fixed)."""
     flipped = [(arm, group, languages, matched, examples, 0.08 if group == "low-resource" else 0.0)
                for arm, group, languages, matched, examples, _ in ARMS]
-    text = findings(analyse(load_results(make_study(tmp_path, flipped, seeds=[1, 2])), n_resamples=200))[0]
+    text = findings(analyse(load_results(make_study(tmp_path, flipped, seeds=[1, 2, 3]))))[0]
     assert "Low-resource intermediate tasks helped more" in text
 
 
 def test_caveats_warn_about_few_seeds_and_translated_data(tmp_path: Path) -> None:
     arms = [*ARMS[:2], ("indonli-mt", "low-resource", "id", True, 10_000, 0.0)]
-    report = write_report(make_study(tmp_path, arms, seeds=[1]), tmp_path / "out", n_resamples=100)
+    report = write_report(make_study(tmp_path, arms, seeds=[1]), tmp_path / "out")
     caveats_text = report.read_text().split("### Caveats")[1].split("## Results")[0]
     assert "Only 1 seed" in caveats_text
     assert "indonli-mt trains on machine-translated data" in caveats_text
@@ -163,7 +163,7 @@ def test_bad_rows_are_named(tmp_path: Path, column: str, value: str, message: st
     table.loc[0, column] = value
     table.to_csv(study / "results.csv", index=False)
     with pytest.raises(XstiltsError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        write_report(study, n_resamples=10)
+        write_report(study)
 
 
 def test_jsonl_gives_the_same_rows_as_csv(tmp_path: Path) -> None:

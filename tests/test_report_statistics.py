@@ -1,74 +1,116 @@
-"""The report's statistics on constructed data with known answers."""
+"""The report's statistics on constructed data with known answers (calibration on simulated studies lives in
+test_statistics_calibration.py)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
+from scipy import stats
+from statsmodels.stats.multitest import multipletests
 
-from xstilts.report.statistics import ALPHA, Estimate, estimate, holm, paired_differences, resample_means
+from xstilts.report.statistics import ALPHA, contrast, holm, minimum_detectable_effect, seeds_needed
 
-
-def paired_bootstrap(arm: np.ndarray, baseline: np.ndarray, n_resamples: int, seed: int = 0) -> Estimate:
-    """The report's per-cell test: seed-pooled per-example differences, resampled over examples."""
-    differences = paired_differences(arm, baseline)
-    replicates = resample_means(differences[None, :], n_resamples, np.random.default_rng(seed))[:, 0]
-    return estimate(differences.mean(), replicates)
+ARM_MINUS_BASELINE = np.array([[-1.0], [1.0]])  # arms (baseline, arm) x one language
 
 
-def test_planted_effect_is_significant_and_covered() -> None:
-    """Per seed, the arm fixes 120 of the baseline's errors and breaks 40 of its successes: +8% of 1000 examples."""
-    rng = np.random.default_rng(1)
-    seeds, examples, effect = 3, 1000, 0.08
-    baseline = (rng.random((seeds, examples)) < 0.60).astype(int)
+def test_estimate_and_training_variance_by_hand() -> None:
+    """No item heterogeneity: the arm fixes exactly k_s of the baseline's errors with seed s."""
+    items, fixes = 100, [3, 5, 7, 9]
+    baseline = np.zeros((len(fixes), items))
     arm = baseline.copy()
-    for seed in range(seeds):
-        arm[seed, rng.choice(np.flatnonzero(baseline[seed] == 0), 120, replace=False)] = 1
-        arm[seed, rng.choice(np.flatnonzero(baseline[seed] == 1), 40, replace=False)] = 0
-    result = paired_bootstrap(arm, baseline, n_resamples=1000)
-    assert result.value == pytest.approx(effect)
-    assert result.p_value < 0.001
-    assert 0 < result.ci_low < effect < result.ci_high
+    for seed, k in enumerate(fixes):
+        arm[seed, seed * 10: seed * 10 + k] = 1  # different items per seed: no item is fixed by every seed
+    estimate = contrast([np.stack([baseline, arm])], ARM_MINUS_BASELINE, parallel=False)
+    per_seed = np.array(fixes) / items
+    assert estimate.value == pytest.approx(per_seed.mean())
+    assert estimate.train_variance == pytest.approx(per_seed.var(ddof=1))
+    assert estimate.df == len(fixes) - 1
+    se = math.sqrt(per_seed.var(ddof=1) / len(fixes) + estimate.item_variance)
+    assert estimate.se == pytest.approx(se)
+    assert estimate.p_value == pytest.approx(2 * stats.t.sf(per_seed.mean() / se, 3))
+    assert estimate.ci_low == pytest.approx(per_seed.mean() - stats.t.ppf(0.975, 3) * se)
 
 
-def test_no_effect_is_rejected_at_about_the_nominal_rate() -> None:
+def test_item_variance_when_every_seed_agrees() -> None:
+    """The arm fixes the same 30 of 100 items with every seed: no training variance, all uncertainty is which
+    items the test set happened to contain (the variance of a 0/1 item effect over 100 items)."""
+    baseline = np.zeros((4, 100))
+    arm = baseline.copy()
+    arm[:, :30] = 1
+    estimate = contrast([np.stack([baseline, arm])], ARM_MINUS_BASELINE, parallel=False)
+    assert estimate.train_variance == 0
+    effects = np.r_[np.ones(30), np.zeros(70)]
+    assert estimate.item_variance == pytest.approx(effects.var(ddof=1) / 100)
+    assert estimate.p_value == pytest.approx(2 * stats.t.sf(0.3 / estimate.se, 3))  # t = 6.5 on 3 df: p = 0.007
+
+
+def test_seed_noise_is_not_counted_as_item_variance() -> None:
+    """Each seed fixes its own random 30% of items: the item effects are pure seed noise, so the item part
+    (after the moment correction) is about zero while the seed part carries the variance."""
+    rng = np.random.default_rng(0)
+    baseline = np.zeros((20, 2000))
+    arm = (rng.random(baseline.shape) < 0.3).astype(float)
+    estimate = contrast([np.stack([baseline, arm])], ARM_MINUS_BASELINE, parallel=False)
+    naive = arm.mean(axis=0).var(ddof=1) / 2000  # the variance of seed-averaged item effects, uncorrected
+    assert estimate.item_variance < 0.05 * naive
+
+
+def test_parallel_items_count_once_across_languages() -> None:
+    """The same item effects in three languages: as parallel items the language average has the item variance
+    of one language; as independent languages it would shrink threefold."""
+    baseline = np.zeros((3, 50))
+    arm = baseline.copy()
+    arm[:, :20] = 1
+    correct = [np.stack([baseline, arm])] * 3
+    weights = np.array([[-1 / 3] * 3, [1 / 3] * 3])
+    joint = contrast(correct, weights, parallel=True)
+    independent = contrast(correct, weights, parallel=False)
+    single = contrast(correct[:1], ARM_MINUS_BASELINE, parallel=False)
+    assert joint.value == independent.value == single.value == pytest.approx(0.4)
+    assert joint.item_variance == pytest.approx(single.item_variance)
+    assert independent.item_variance == pytest.approx(single.item_variance / 3)
+
+
+def test_one_seed_cannot_be_tested() -> None:
+    correct = np.random.default_rng(1).integers(0, 2, (2, 1, 100)).astype(float)
+    estimate = contrast([correct], ARM_MINUS_BASELINE, parallel=False)
+    assert not estimate.resolvable and not estimate.significant()
+    assert math.isnan(estimate.p_value) and math.isnan(estimate.ci_low) and math.isnan(estimate.mde())
+
+
+def test_identical_runs_give_no_effect() -> None:
+    correct = np.random.default_rng(5).integers(0, 2, (3, 100)).astype(float)
+    estimate = contrast([np.stack([correct, correct])], ARM_MINUS_BASELINE, parallel=False)
+    assert (estimate.value, estimate.ci_low, estimate.ci_high, estimate.p_value) == (0.0, 0.0, 0.0, 1.0)
+
+
+def test_minimum_detectable_effect_is_detected_with_the_stated_power() -> None:
+    """A true effect equal to the MDE is rejected in 80% of t-distributed estimates (noncentral t)."""
+    se, df = 0.004, 9
+    mde = minimum_detectable_effect(se, df)
+    critical = stats.t.ppf(1 - ALPHA / 2, df)
+    power = stats.nct.sf(critical, df, mde / se)
+    assert power == pytest.approx(0.80, abs=0.02)
+    assert minimum_detectable_effect(se, 1e9) == pytest.approx((1.959964 + 0.841621) * se, rel=1e-4)
+
+
+def test_seeds_needed_is_the_first_design_with_enough_power() -> None:
+    baseline = np.zeros((4, 1000))
     rng = np.random.default_rng(2)
-    draws, examples = 200, 500
-    rejections = 0
-    for draw in range(draws):
-        baseline, arm = (rng.random((2, 1, examples)) < 0.6).astype(int)
-        rejections += paired_bootstrap(arm, baseline, n_resamples=500, seed=draw).p_value < ALPHA
-    assert 0.01 <= rejections / draws <= 0.10
+    arm = (rng.random((4, 1000)) < 0.5 + rng.normal(0, 0.02, (4, 1))).astype(float)
+    estimate = contrast([np.stack([baseline, arm])], ARM_MINUS_BASELINE, parallel=False)
+    needed = seeds_needed(estimate, 0.01)
+    assert needed is not None and needed > 4
 
-
-def test_paired_resampling_removes_what_arm_and_baseline_share() -> None:
-    """A difference on one example class only: pairing makes the interval much narrower than unpaired noise."""
-    rng = np.random.default_rng(3)
-    baseline = (rng.random((1, 800)) < 0.5).astype(int)
-    arm = baseline.copy()
-    arm[0, np.flatnonzero(baseline[0] == 0)[:40]] = 1  # exactly 40 more correct: +5 points
-    result = paired_bootstrap(arm, baseline, n_resamples=1000)
-    assert result.value == pytest.approx(40 / 800)
-    assert result.ci_high - result.ci_low < 0.04  # unpaired, the 95% interval would be about 0.10 wide
-    assert result.p_value < 1e-6
-
-
-def test_rows_share_resampled_examples() -> None:
-    values = np.random.default_rng(4).random((1, 50))
-    replicates = resample_means(np.vstack([values, values, np.ones_like(values)]), 200, np.random.default_rng(0))
-    assert replicates.shape == (200, 3)
-    np.testing.assert_allclose(replicates[:, 0], replicates[:, 1])
-    np.testing.assert_allclose(replicates[:, 2], 1.0)
-
-
-def test_identical_predictions_give_no_effect() -> None:
-    correct = np.random.default_rng(5).integers(0, 2, (2, 100))
-    result = paired_bootstrap(correct, correct, n_resamples=100)
-    assert (result.value, result.ci_low, result.ci_high, result.p_value) == (0.0, 0.0, 0.0, 1.0)
-
-
-def test_shapes_must_match() -> None:
-    with pytest.raises(ValueError, match="shapes differ"):
-        paired_differences(np.zeros((2, 10)), np.zeros((3, 10)))
+    def mde(seeds: int) -> float:
+        return minimum_detectable_effect(math.sqrt(estimate.train_variance / seeds + estimate.item_variance),
+                                         seeds - 1)
+    assert mde(needed) <= 0.01 < mde(needed - 1)
+    assert seeds_needed(estimate, 0.02) < needed  # a larger effect needs fewer seeds
+    # an effect below what the test items allow is not reachable by seeds
+    assert seeds_needed(estimate, 0.5 * math.sqrt(estimate.item_variance), item_scale=1.0) is None
 
 
 def test_holm_matches_a_hand_computed_example() -> None:
@@ -78,3 +120,10 @@ def test_holm_matches_a_hand_computed_example() -> None:
     assert (holm(p) < ALPHA).tolist() == [True, False, False, True]
     np.testing.assert_allclose(holm(np.array([0.5, 0.6])), [1.0, 1.0])
     assert holm(np.array([])).size == 0
+    # untestable cells (NaN) stay NaN and do not count in the family
+    np.testing.assert_allclose(holm(np.array([0.01, np.nan, 0.04])), [0.02, np.nan, 0.04])
+
+
+def test_holm_agrees_with_statsmodels() -> None:
+    p = np.random.default_rng(3).random(25) ** 3
+    np.testing.assert_allclose(holm(p), multipletests(p, method="holm")[1])

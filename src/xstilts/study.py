@@ -22,7 +22,7 @@ from xstilts.tasks.registry import load_registry
 from xstilts.training import CHECKPOINT_DIR
 
 RESULT_COLUMNS = ["arm", "group", "arm_languages", "size_matched", "intermediate_examples", "seed", "task", "split",
-                  "language", "accuracy", "n", "eval_node", "target_node", "intermediate_node", "predictions"]
+                  "language", "accuracy", "n", "parallel", "eval_node", "target_node", "intermediate_node", "predictions"]
 _CONTEXTS: dict[str, Context] = {}
 
 
@@ -161,7 +161,8 @@ def write_results(spec: StudySpec, graph: Graph, study_dir: Path) -> Path:
                 "arm": use.arm, "group": arm.group if arm else BASELINE, "arm_languages": ";".join(languages),
                 "size_matched": bool(arm and arm.cap), "intermediate_examples": examples, "seed": use.seed,
                 "task": evaluation["task"], "split": evaluation["split"], "language": language,
-                "accuracy": value["accuracy"], "n": value["n"], "eval_node": use.eval, "target_node": use.target,
+                "accuracy": value["accuracy"], "n": value["n"],
+                "parallel": registry.get(evaluation["task"]).parallel, "eval_node": use.eval, "target_node": use.target,
                 "intermediate_node": use.intermediate or "",
                 "predictions": str(Path("nodes") / use.eval / "predictions" / f"{language}.csv"),
             })

@@ -36,6 +36,17 @@ class Arm(StrictModel):
         return [t.model_copy(update={"max_examples": min(t.max_examples or self.cap, self.cap)}) for t in self.tasks]
 
 
+class PrimaryContrast(StrictModel):
+    """The study's pre-declared question, tested in a family of its own: the mean change of the English arms
+    minus that of the low-resource arms, on the language average of one evaluation.
+
+    evaluation: 'task/split' (default: the first evaluation); arms: which English and low-resource arms enter
+    (default: all of them). The answer is about these arms, this model and this data size."""
+
+    evaluation: str | None = None
+    arms: list[str] | None = Field(default=None, min_length=2)
+
+
 class StudySpec(StrictModel):
     """The whole comparison: baseline (always an arm) plus the listed arms, for every seed."""
 
@@ -52,6 +63,7 @@ class StudySpec(StrictModel):
     target: TargetConfig
     evaluate: list[EvalData] = Field(default_factory=lambda: [EvalData(task="xnli", split="test")], min_length=1)
     arms: list[Arm] = Field(default_factory=list)
+    primary: PrimaryContrast = PrimaryContrast()
     workers: int = Field(default=1, ge=1)
 
     @model_validator(mode="after")
@@ -61,7 +73,22 @@ class StudySpec(StrictModel):
         if duplicated:
             raise ValueError(f"arm names must be unique and not {BASELINE!r}: {sorted(duplicated)}")
         check_unique_evaluations(self.evaluate)
+        self._check_primary()
         return self
+
+    def _check_primary(self) -> None:
+        """The primary contrast names an evaluation and arms of this study, with both groups present."""
+        evaluations = [f"{e.task}/{e.split}" for e in self.evaluate]
+        if self.primary.evaluation is not None and self.primary.evaluation not in evaluations:
+            raise ValueError(f"primary.evaluation {self.primary.evaluation!r} is not one of the evaluations "
+                             f"({', '.join(evaluations)})")
+        groups = {arm.name: arm.group for arm in self.arms}
+        unknown = [name for name in self.primary.arms or [] if name not in groups]
+        if unknown:
+            raise ValueError(f"primary.arms names unknown arms {unknown}; the arms are {sorted(groups)}")
+        chosen = {groups[name] for name in self.primary.arms or []}
+        if self.primary.arms is not None and not {"english", "low-resource"} <= chosen:
+            raise ValueError("primary.arms needs at least one English and one low-resource arm")
 
 
 def load_study(path: Path) -> StudySpec:

@@ -1,7 +1,8 @@
 """`xstilts report`: the report of a finished study, from its results table and per-example predictions.
 
 Writes report.md, a self-contained report.html, the plots as PNG, summary.csv (one row per arm x test set and
-arm average) and table.tex (the main tables).
+arm average), table.tex (the main tables) and report.json (the primary contrast, the A/A check and every arm's
+change, for machines).
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from xstilts.errors import XstiltsError
+from xstilts.manifest import write_json
 from xstilts.report.analysis import analyse
+from xstilts.report.summary import report_json
 from xstilts.report.document import build_document, main_table
 from xstilts.report.plots import write_plots
 from xstilts.report.protocol import load_protocol
@@ -17,22 +20,20 @@ from xstilts.report.render import render_html, render_latex, render_markdown
 from xstilts.report.results import load_results
 
 SUMMARY_COLUMNS = ["arm", "group", "task", "split", "language", "n", "seeds", "accuracy", "accuracy_std", "delta",
-                   "delta_std", "ci_low", "ci_high", "p", "p_holm", "significant", "in_language", "size_matched"]
+                   "delta_std", "ci_low", "ci_high", "p", "p_holm", "significant", "mde", "in_language", "size_matched"]
 
 __all__ = ["write_report"]
 
 
-def write_report(study_dir: Path, output_dir: Path | None = None, *, n_resamples: int = 1000, seed: int = 0) -> Path:
-    """Write the report of `study_dir` into `output_dir` (default: STUDY_DIR/report); returns report.md's path.
-
-    `n_resamples` bootstrap resamples are drawn from numpy's generator seeded `seed`."""
+def write_report(study_dir: Path, output_dir: Path | None = None) -> Path:
+    """Write the report of `study_dir` into `output_dir` (default: STUDY_DIR/report); returns report.md's path."""
     study_dir = Path(study_dir)
     output_dir = Path(output_dir) if output_dir is not None else study_dir / "report"
     if not study_dir.is_dir():
         raise XstiltsError(f"{study_dir}: study directory not found")
     results = load_results(study_dir)
     protocol = load_protocol(study_dir)
-    analysis = analyse(results, n_resamples, seed)
+    analysis = analyse(results, protocol.study)
     output_dir.mkdir(parents=True, exist_ok=True)
     write_plots(analysis, output_dir)
     title = f"X-STILTs study report: {protocol.study.get('name') or study_dir.resolve().name}"
@@ -42,4 +43,5 @@ def write_report(study_dir: Path, output_dir: Path | None = None, *, n_resamples
     tables = [main_table(analysis, eval_set) for eval_set in results.eval_sets]
     (output_dir / "table.tex").write_text(render_latex(tables), encoding="utf-8")
     analysis.cells[SUMMARY_COLUMNS].to_csv(output_dir / "summary.csv", index=False)
+    write_json(output_dir / "report.json", report_json(analysis))
     return output_dir / "report.md"

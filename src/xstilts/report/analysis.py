@@ -1,50 +1,68 @@
-"""The study's comparisons: every arm against the baseline on every test set, and groups of arms against each other.
-
-Each arm x test-set cell keeps its bootstrap replicates. All arms on one test set share the resampled example
-indices, so averages over cells (an arm's average over languages, a group's mean, the difference of two
-groups) get their intervals by averaging the replicates; test sets of different languages are resampled
-independently.
+"""The study's comparisons, all as run-level contrasts (see statistics.py): every arm against the baseline on
+every test set and on each evaluation set's language average (the secondary family, Holm-corrected), the
+groups of arms against each other, the pre-declared primary contrast (a family of its own), and an A/A check
+that splits the baseline's runs by seed.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 
 from xstilts.errors import XstiltsError
 from xstilts.report.results import BASELINE_GROUP, GROUPS, EvalSet, Results
-from xstilts.report.statistics import ALPHA, estimate, holm, paired_differences, resample_means
+from xstilts.report.statistics import ALPHA, Estimate, contrast, holm
 
 AVERAGE = "avg"
 ENGLISH, LOW_RESOURCE = "english", "low-resource"
 DIFFERENCE = "english − low-resource"
 ARM_GROUPS = GROUPS[1:]
 SUBSETS = ("in-language", "other languages", "size-matched", "natural-size")
+AA_ARMS = ("baseline seeds A", "baseline seeds B")
+
+Weights = dict[tuple[str, str], float]  # (arm, language) -> weight of that accuracy in a contrast
+
+
+@dataclass(frozen=True)
+class Primary:
+    """The study's pre-declared question: English minus low-resource arms on one evaluation's language average."""
+
+    eval_set: EvalSet
+    english: tuple[str, ...]
+    low_resource: tuple[str, ...]
+    estimate: Estimate
+    declared: bool  # named in the study spec (else the default)
 
 
 @dataclass(frozen=True)
 class Analysis:
-    """Per-cell results (`cells`) and group comparisons (`groups`).
+    """Per-cell results (`cells`), group comparisons (`groups`), the primary contrast and the A/A check.
 
     cells: arm, group, task, split, language (AVERAGE for the mean over languages), n, seeds, accuracy and
-    accuracy_std (over seeds), delta (change against the baseline) and delta_std (over seed-paired changes),
-    ci_low, ci_high, p, p_holm, significant, in_language, size_matched; fractions, not points.
+    accuracy_std (over seeds), delta (change against the baseline) and delta_std (std of the seed-paired
+    changes), ci_low, ci_high, p, p_holm, significant, mde (80% power), in_language, size_matched.
     groups: task, split, kind ('language' or 'subset'), scope (a language, AVERAGE or one of SUBSETS),
-    group (an arm group or DIFFERENCE), value, ci_low, ci_high, p_value, cells (arm x language cells pooled).
+    group (an arm group or DIFFERENCE), value, ci_low, ci_high, p_value, mde, cells (arm x language cells).
+    All in fractions, not points.
     """
 
     results: Results
     cells: pd.DataFrame
     groups: pd.DataFrame
-    n_resamples: int
-    seed: int
+    primary: Primary | None
+    aa: Estimate | None  # baseline seeds split in two halves; None with fewer than 4 baseline seeds
 
     @property
     def n_tests(self) -> int:
-        """Size of the Holm family: every arm x test-set cell and every arm's average."""
-        return int((self.cells["group"] != BASELINE_GROUP).sum())
+        """Size of the secondary Holm family: every arm x test-set cell and every arm's average."""
+        return int(self.cells["p"].notna().sum())
+
+    @property
+    def resolvable(self) -> bool:
+        """Whether the design can test anything (enough seeds)."""
+        return self.n_tests > 0
 
     def cells_of(self, eval_set: EvalSet) -> pd.DataFrame:
         """The cells of one evaluation set."""
@@ -56,120 +74,180 @@ class Analysis:
         return groups[(groups["task"] == eval_set[0]) & (groups["split"] == eval_set[1]) & (groups["kind"] == kind)]
 
 
-def _mean_std(values: dict[int, float]) -> tuple[float, float]:
-    """Mean and sample standard deviation over seeds (NaN for a single seed)."""
-    array = np.array(list(values.values()))
-    std = float(array.std(ddof=1)) if len(array) > 1 else float("nan")
-    return float(array.mean()), std
+@dataclass(frozen=True)
+class EvalSetRuns:
+    """The 0/1 correctness of every run on one evaluation set, and contrasts estimated from it."""
+
+    results: Results
+    eval_set: EvalSet
+    languages: list[str]
+    parallel: bool
+    runs: dict[tuple[str, str], dict[int, np.ndarray]]  # (arm, language) -> seed -> correctness
+
+    @classmethod
+    def load(cls, results: Results, eval_set: EvalSet) -> EvalSetRuns:
+        languages = results.languages(eval_set)
+        found = results.correctness(eval_set)
+        runs = {(arm, language): found.get((arm, language), {}) for arm in results.arms.index for language in languages}
+        return cls(results, eval_set, languages, results.parallel(eval_set), runs)
+
+    def seeds(self, arms: list[str]) -> list[int]:
+        """Seeds that every one of `arms` has on every language."""
+        sets = [set(self.runs[(arm, language)]) for arm in arms for language in self.languages]
+        return sorted(set.intersection(*sets)) if sets else []
+
+    def has(self, arm: str) -> bool:
+        return any(self.runs[(arm, language)] for language in self.languages)
+
+    def estimate(self, weights: Weights, seed_map: dict[str, list[int]] | None = None) -> Estimate:
+        """The contrast `weights`, over the seeds all its arms share (or the seeds `seed_map` gives each arm,
+        aligned by position: the i-th seed of every arm forms block i)."""
+        arms = list(dict.fromkeys(arm for arm, _ in weights))
+        if seed_map is None:
+            seeds = self.seeds(arms)
+            if not seeds:
+                raise XstiltsError(f"{self.results.path}: arms {', '.join(arms)} share no seed on "
+                                   f"{'/'.join(self.eval_set)}")
+            seed_map = {arm: seeds for arm in arms}
+        matrix = np.array([[weights.get((arm, language), 0.0) for language in self.languages] for arm in arms])
+        correct = [np.stack([np.stack([self.runs[(arm, language)][seed] for seed in seed_map[arm]]) for arm in arms])
+                   for language in self.languages]
+        return contrast(correct, matrix, self.parallel)
 
 
-def _test_set_cells(results: Results, eval_set: EvalSet, language: str, n_resamples: int,
-                    rng: np.random.Generator) -> list[dict]:
-    """One record per arm on one test set: per-seed accuracies and changes, and the bootstrap replicates."""
-    baseline = results.correctness(results.baseline, eval_set, language)
-    where = f"{'/'.join(eval_set)}/{language}"
-    if not baseline:
-        raise XstiltsError(f"{results.path}: the baseline arm {results.baseline!r} has no rows for {where}")
-    records, differences = [], []
-    for arm, info in results.arms.iterrows():
-        runs = results.correctness(arm, eval_set, language)
-        seeds = sorted(set(runs) & set(baseline))
-        if runs and not seeds:
-            raise XstiltsError(f"{results.path}: arm {arm!r} shares no seed with the baseline on {where}")
-        if not seeds:
-            continue
-        accuracy = {seed: float(runs[seed].mean()) for seed in seeds}
-        records.append({"arm": arm, "group": info["group"], "language": language, "n": len(runs[seeds[0]]),
-                        "in_language": language in info["languages"], "size_matched": bool(info["size_matched"]),
-                        "seed_accuracy": accuracy,
-                        "seed_delta": {seed: accuracy[seed] - float(baseline[seed].mean()) for seed in seeds}})
-        if arm != results.baseline:
-            differences.append(paired_differences(np.stack([runs[seed] for seed in seeds]),
-                                                  np.stack([baseline[seed] for seed in seeds])))
-    replicates = resample_means(np.stack(differences), n_resamples, rng) if differences else np.empty((n_resamples, 0))
-    arm_records = (record for record in records if record["arm"] != results.baseline)
-    for record, difference, column in zip(arm_records, differences, replicates.T):
-        record["value"], record["replicates"] = float(difference.mean()), column
-    return records
+def _versus_baseline(runs: EvalSetRuns, cells: dict[str, list[str]]) -> Weights:
+    """Mean over the given (arm -> languages) cells of the arm's accuracy minus the baseline's."""
+    count = sum(len(languages) for languages in cells.values())
+    baseline = runs.results.baseline
+    weights: Weights = {}
+    for arm, languages in cells.items():
+        for language in languages:
+            weights[(arm, language)] = weights.get((arm, language), 0.0) + 1 / count
+            key = (baseline, language)
+            weights[key] = weights.get(key, 0.0) - 1 / count
+    return weights
 
 
-def _average(records: list[dict]) -> dict:
-    """One arm's mean over the languages of an evaluation set (per seed present in every language)."""
-    seeds = set.intersection(*(set(record["seed_accuracy"]) for record in records))
-    first = records[0]
-    average = {"arm": first["arm"], "group": first["group"], "language": AVERAGE, "in_language": False,
-               "size_matched": first["size_matched"], "n": sum(record["n"] for record in records),
-               **{key: {seed: float(np.mean([r[key][seed] for r in records])) for seed in sorted(seeds)}
-                  for key in ("seed_accuracy", "seed_delta")}}
-    if "value" in first:
-        average["value"] = float(np.mean([record["value"] for record in records]))
-        average["replicates"] = np.mean([record["replicates"] for record in records], axis=0)
-    return average
+def _difference(first: Weights, second: Weights) -> Weights:
+    keys = dict.fromkeys([*first, *second])
+    return {key: first.get(key, 0.0) - second.get(key, 0.0) for key in keys}
 
 
-def _cells(results: Results, n_resamples: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
-    """Every arm on every test set and on each evaluation set's average, with Holm-adjusted p-values."""
-    rng = np.random.default_rng(seed)
-    records = []
-    for eval_set in results.eval_sets:
-        per_language = [_test_set_cells(results, eval_set, language, n_resamples, rng)
-                        for language in results.languages(eval_set)]
-        by_arm: dict[str, list[dict]] = {}
-        for record in (record for language in per_language for record in language):
-            by_arm.setdefault(record["arm"], []).append(record)
-        for arm_records in by_arm.values():
-            records += [{"task": eval_set[0], "split": eval_set[1], **record}
-                        for record in (*arm_records, _average(arm_records))]
-    rows, replicates = [], []
-    for record in records:
-        seed_accuracy, seed_delta = record.pop("seed_accuracy"), record.pop("seed_delta")
-        value, reps = record.pop("value", None), record.pop("replicates", np.full(n_resamples, np.nan))
-        accuracy, accuracy_std = _mean_std(seed_accuracy)
-        row = {**record, "seeds": len(seed_accuracy), "accuracy": accuracy, "accuracy_std": accuracy_std}
-        if value is None:
-            row |= dict.fromkeys(("delta", "delta_std", "ci_low", "ci_high", "p"), np.nan)
-        else:
-            result = estimate(value, reps)
-            row |= {"delta": result.value, "delta_std": _mean_std(seed_delta)[1], "ci_low": result.ci_low,
-                    "ci_high": result.ci_high, "p": result.p_value}
-        rows.append(row)
-        replicates.append(reps)
-    cells = pd.DataFrame(rows)
-    tested = (cells["group"] != BASELINE_GROUP).to_numpy()
-    cells["p_holm"] = np.nan
-    cells.loc[tested, "p_holm"] = holm(cells.loc[tested, "p"].to_numpy())
-    cells["significant"] = cells["p_holm"] < ALPHA
-    return cells, np.array(replicates)
+def _seed_std(runs: EvalSetRuns, arm: str, languages: list[str]) -> tuple[float, float, int]:
+    """Mean and std over seeds of an arm's accuracy averaged over `languages`, and the number of seeds."""
+    seeds = runs.seeds([arm])
+    values = np.array([np.mean([runs.runs[(arm, language)][seed].mean() for language in languages])
+                       for seed in seeds])
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else float("nan"), len(values)
 
 
-def _group_rows(cells: pd.DataFrame, replicates: np.ndarray, eval_set: EvalSet, languages: list[str]) -> list[dict]:
-    """Mean change of each arm group, and English minus low-resource, per language, overall and per subset."""
-    arm_cells = ((cells["task"] == eval_set[0]) & (cells["split"] == eval_set[1]) & (cells["group"] != BASELINE_GROUP)
-                 & (cells["language"] != AVERAGE))
-    scopes = [("language", language, arm_cells & (cells["language"] == language)) for language in languages]
-    scopes.append(("language", AVERAGE, arm_cells))
-    in_language, size_matched = cells["in_language"].astype(bool), cells["size_matched"].astype(bool)
-    masks = (in_language, ~in_language, size_matched, ~size_matched)
-    scopes += [("subset", name, arm_cells & mask) for name, mask in zip(SUBSETS, masks)]
+def _cell_rows(runs: EvalSetRuns) -> list[dict]:
+    """Every arm on every language of one evaluation set and on its average."""
+    results, eval_set = runs.results, runs.eval_set
+    baseline = results.baseline
+    if not runs.has(baseline):
+        raise XstiltsError(f"{results.path}: the baseline arm {baseline!r} has no rows for {'/'.join(eval_set)}")
     rows = []
-    for kind, scope, mask in scopes:
-        effects = {}
-        for group in ARM_GROUPS:
-            selected = (mask & (cells["group"] == group)).to_numpy()
-            if selected.any():
-                effects[group] = (cells.loc[selected, "delta"].mean(), replicates[selected].mean(axis=0),
-                                  int(selected.sum()))
-        if ENGLISH in effects and LOW_RESOURCE in effects:
-            (english, english_reps, english_cells), (low, low_reps, low_cells) = effects[ENGLISH], effects[LOW_RESOURCE]
-            effects[DIFFERENCE] = (english - low, english_reps - low_reps, english_cells + low_cells)
-        rows += [{"task": eval_set[0], "split": eval_set[1], "kind": kind, "scope": scope, "group": group,
-                  **asdict(estimate(value, reps)), "cells": count} for group, (value, reps, count) in effects.items()]
+    for arm, info in results.arms.iterrows():
+        if not runs.has(arm):
+            continue
+        for language in [*runs.languages, AVERAGE]:
+            languages = runs.languages if language == AVERAGE else [language]
+            accuracy, accuracy_std, seeds = _seed_std(runs, arm, languages)
+            n = sum(len(next(iter(runs.runs[(arm, lang)].values()))) for lang in languages)
+            row = {"arm": arm, "group": info["group"], "task": eval_set[0], "split": eval_set[1],
+                   "language": language, "n": n, "seeds": seeds, "accuracy": accuracy, "accuracy_std": accuracy_std,
+                   "in_language": language in info["languages"], "size_matched": bool(info["size_matched"])}
+            if arm == baseline:
+                row |= dict.fromkeys(("delta", "delta_std", "ci_low", "ci_high", "p", "mde"), np.nan)
+            else:
+                estimate = runs.estimate(_versus_baseline(runs, {arm: languages}))
+                row |= {"delta": estimate.value, "delta_std": float(np.sqrt(estimate.train_variance)),
+                        "ci_low": estimate.ci_low, "ci_high": estimate.ci_high, "p": estimate.p_value,
+                        "mde": estimate.mde()}
+            rows.append(row)
     return rows
 
 
-def analyse(results: Results, n_resamples: int = 1000, seed: int = 0) -> Analysis:
-    """Run every comparison of the report with `n_resamples` bootstrap replicates from a generator seeded `seed`."""
-    cells, replicates = _cells(results, n_resamples, seed)
-    rows = [row for eval_set in results.eval_sets
-            for row in _group_rows(cells, replicates, eval_set, results.languages(eval_set))]
-    return Analysis(results, cells, pd.DataFrame(rows), n_resamples, seed)
+def _group_rows(runs: EvalSetRuns, cells: pd.DataFrame) -> list[dict]:
+    """Mean change of each arm group, and English minus low-resource, per language, overall and per subset."""
+    arm_cells = cells[(cells["group"] != BASELINE_GROUP) & (cells["language"] != AVERAGE)]
+    scopes = [("language", language, arm_cells["language"] == language) for language in runs.languages]
+    scopes.append(("language", AVERAGE, pd.Series(True, index=arm_cells.index)))
+    in_language, size_matched = arm_cells["in_language"].astype(bool), arm_cells["size_matched"].astype(bool)
+    scopes += [("subset", name, mask) for name, mask in
+               zip(SUBSETS, (in_language, ~in_language, size_matched, ~size_matched))]
+    rows = []
+    for kind, scope, mask in scopes:
+        effects: dict[str, tuple[Weights, int]] = {}
+        for group in ARM_GROUPS:
+            selected = arm_cells[mask & (arm_cells["group"] == group)]
+            if not selected.empty:
+                chosen = selected.groupby("arm", sort=False)["language"].apply(list).to_dict()
+                effects[group] = (_versus_baseline(runs, chosen), len(selected))
+        if ENGLISH in effects and LOW_RESOURCE in effects:
+            effects[DIFFERENCE] = (_difference(effects[ENGLISH][0], effects[LOW_RESOURCE][0]),
+                                   effects[ENGLISH][1] + effects[LOW_RESOURCE][1])
+        for group, (weights, count) in effects.items():
+            estimate = runs.estimate(weights)
+            rows.append({"task": runs.eval_set[0], "split": runs.eval_set[1], "kind": kind, "scope": scope,
+                         "group": group, "value": estimate.value, "ci_low": estimate.ci_low,
+                         "ci_high": estimate.ci_high, "p_value": estimate.p_value, "mde": estimate.mde(),
+                         "cells": count})
+    return rows
+
+
+def primary_estimate(runs: EvalSetRuns, english: list[str], low_resource: list[str]) -> Estimate:
+    """Mean change of the English arms minus that of the low-resource arms on the language average."""
+    def group(arms: list[str]) -> Weights:
+        return _versus_baseline(runs, {arm: runs.languages for arm in arms})
+    return runs.estimate(_difference(group(english), group(low_resource)))
+
+
+def _primary(results: Results, study: dict, by_set: dict[EvalSet, EvalSetRuns]) -> Primary | None:
+    """The primary contrast as the study spec declares it (default: the first evaluation, every English and
+    low-resource arm); None when a group has no arm."""
+    declared = study.get("primary") if isinstance(study.get("primary"), dict) else {}
+    evaluation = declared.get("evaluation")
+    eval_set = tuple(evaluation.split("/", 1)) if isinstance(evaluation, str) and "/" in evaluation else None
+    if eval_set is None or eval_set not in by_set:
+        eval_set = results.eval_sets[0]
+    runs = by_set[eval_set]
+    listed = declared.get("arms")
+    arms = [arm for arm in results.arms.index if runs.has(arm) and (not listed or arm in listed)]
+    groups = results.arms["group"]
+    english = [arm for arm in arms if groups[arm] == ENGLISH]
+    low_resource = [arm for arm in arms if groups[arm] == LOW_RESOURCE]
+    if not english or not low_resource:
+        return None
+    return Primary(eval_set, tuple(english), tuple(low_resource), primary_estimate(runs, english, low_resource),
+                   declared=bool(declared))
+
+
+def aa_check(runs: EvalSetRuns) -> Estimate | None:
+    """The baseline's runs split by seed into two pseudo-arms (first half of its seeds against the second),
+    paired in seed order, compared on the language average: they differ only by training randomness."""
+    baseline = runs.results.baseline
+    seeds = runs.seeds([baseline])
+    half = len(seeds) // 2
+    if half < 2:
+        return None
+    weights = {(arm, language): sign / len(runs.languages)
+               for arm, sign in zip(AA_ARMS, (1.0, -1.0)) for language in runs.languages}
+    pseudo = replace(runs, runs={(arm, language): runs.runs[(baseline, language)]
+                                 for arm in AA_ARMS for language in runs.languages})
+    return pseudo.estimate(weights, {AA_ARMS[0]: seeds[:half], AA_ARMS[1]: seeds[half:2 * half]})
+
+
+def analyse(results: Results, study: dict | None = None) -> Analysis:
+    """Run every comparison of the report; `study` is the study spec (study.json) naming the primary contrast."""
+    by_set = {eval_set: EvalSetRuns.load(results, eval_set) for eval_set in results.eval_sets}
+    cells = pd.DataFrame([row for runs in by_set.values() for row in _cell_rows(runs)])
+    cells["p_holm"] = holm(cells["p"].to_numpy())
+    cells["significant"] = cells["p_holm"] < ALPHA
+    groups = pd.DataFrame([row for eval_set, runs in by_set.items()
+                           for row in _group_rows(runs, cells[(cells["task"] == eval_set[0])
+                                                              & (cells["split"] == eval_set[1])])])
+    primary = _primary(results, study or {}, by_set)
+    aa = aa_check(by_set[primary.eval_set if primary else results.eval_sets[0]])
+    return Analysis(results, cells, groups, primary, aa)

@@ -6,12 +6,14 @@ import pandas as pd
 
 from xstilts.report.analysis import ARM_GROUPS, AVERAGE, DIFFERENCE, ENGLISH, LOW_RESOURCE, Analysis
 from xstilts.report.formatting import GROUP_NAMES, capitalised, interval, p_value, plural, points, span
-from xstilts.report.protocol import Protocol
+from xstilts.report.protocol import Protocol, task_label
 from xstilts.report.results import BASELINE_GROUP, EvalSet
-from xstilts.report.statistics import ALPHA
+from xstilts.report.statistics import ALPHA, POWER, seeds_needed
+
+PLANNED_EFFECTS = (0.005, 0.01)  # effects (fractions) for which the report gives the seeds needed
 
 FULL_TEST_SIZES = {"xnli": 5010, "americasnli": 750}  # test examples per language
-MIN_SEEDS = 3
+FEW_SEEDS = 3
 LISTED = 3
 
 
@@ -75,17 +77,83 @@ def _answer(analysis: Analysis, eval_set: EvalSet) -> list[str]:
     return sentences + ["; ".join(per_group) + "."]
 
 
+def seeds_sentence(estimate, item_scale: float = 1.0) -> str:
+    """'N seeds would detect 0.5 points and M seeds 1.0 point with 80% power' from measured variances."""
+    parts = []
+    for effect in PLANNED_EFFECTS:
+        seeds = seeds_needed(estimate, effect, item_scale)
+        parts.append(f"{points(effect, signed=False)} points: "
+                     + (f"{seeds} seeds" if seeds else "not reachable by seeds alone (the test items limit it)"))
+    return f"seeds needed for {POWER:.0%} power at α = {ALPHA} ({'; '.join(parts)})"
+
+
+def _scope(analysis: Analysis, protocol: Protocol) -> str:
+    """What the primary answer is about: these arms, this model, this target size."""
+    primary = analysis.primary
+    target = protocol.study.get("target") if isinstance(protocol.study.get("target"), dict) else {}
+    model = protocol.study.get("model")
+    return (f"This answer is about these arms ({_enumerate(list(primary.english))} against "
+            f"{_enumerate(list(primary.low_resource))}), the model {model or 'not recorded'} and the target "
+            f"{task_label(target.get('task')) if target.get('task') else 'not recorded'}; the arms are the treatments "
+            "studied, not a sample of English or low-resource tasks, so it does not say how other tasks would fare.")
+
+
+def primary_findings(analysis: Analysis, protocol: Protocol) -> list[str]:
+    """The answer to the pre-declared primary question, tested alone, with its power."""
+    primary = analysis.primary
+    if primary is None:
+        return ["The study has no English and low-resource arms on a common evaluation, so the primary question "
+                "(English minus low-resource) cannot be asked of it."]
+    estimate = primary.estimate
+    eval_set = primary.eval_set
+    name = f"{eval_set[0]} {eval_set[1]} ({len(analysis.results.languages(eval_set))} languages)"
+    origin = "declared in the study spec" if primary.declared else "the default: every English and low-resource arm"
+    head = (f"Primary question ({origin}, tested alone at α = {ALPHA}): on {name}, the English arms changed "
+            f"average accuracy by {points(estimate.value)} points more than the low-resource arms")
+    if not estimate.resolvable:
+        return [f"{head}. With {plural(estimate.seeds, 'seed')} the training variance is unknown, so this design "
+                "cannot resolve anything: no interval, no p-value, nothing is marked significant. Run at least 2 "
+                "seeds (see `xstilts plan` for how many the question needs).", _scope(analysis, protocol)]
+    stated = f"({interval(estimate.ci_low, estimate.ci_high)}, {p_value(estimate.p_value)}, {estimate.seeds} seeds)"
+    if estimate.significant():
+        winner = "English" if estimate.value > 0 else "low-resource"
+        verdict = f"{head} {stated}: the {winner} arms helped more."
+    else:
+        verdict = (f"{head} {stated}. This is not significant: the study cannot tell which group helps more, "
+                   "and the interval says how large a difference it cannot exclude.")
+    power = (f"The smallest difference this design detects with {POWER:.0%} power is {points(estimate.mde(), False)} "
+             f"points (from the measured variances: training "
+             f"{points(estimate.train_variance ** 0.5, False)} points std per seed, test items "
+             f"{points(estimate.item_variance ** 0.5, False)} points standard error); {seeds_sentence(estimate)}.")
+    return [verdict, power, _scope(analysis, protocol)]
+
+
+def aa_findings(analysis: Analysis) -> list[str]:
+    """The A/A check: two halves of the baseline's seeds, which differ only by training randomness."""
+    aa = analysis.aa
+    if aa is None:
+        return []
+    return [f"Calibration check (A/A): the baseline's runs split by seed into two pseudo-arms of {aa.seeds} seeds "
+            f"each differ by {points(aa.value)} points on the average ({interval(aa.ci_low, aa.ci_high)}, "
+            f"{p_value(aa.p_value)}). They differ only by training randomness, so a significant difference here "
+            "would mean the method understates it."
+            + (" It is significant: distrust this report's tests." if aa.significant() else "")]
+
+
 def _significance(analysis: Analysis, eval_set: EvalSet) -> list[str]:
     """How many cells are significant after Holm correction, and the best and worst arms on average."""
     cells = analysis.cells_of(eval_set)
     tested = cells[(cells["group"] != BASELINE_GROUP) & (cells["language"] != AVERAGE)]
+    if not analysis.resolvable:
+        return [f"With {plural(len(analysis.results.seeds), 'seed')} no arm × language change can be tested."]
     significant = tested[tested["significant"]]
     gains = int((significant["delta"] > 0).sum())
     counted = (f"{len(significant)} of the {len(tested)} arm × language changes on {eval_set[0]} "
                f"{'is' if len(significant) == 1 else 'are'} significant at α = {ALPHA} "
                f"({plural(gains, 'gain')}, {plural(len(significant) - gains, 'loss')})" if len(significant) else
                f"none of the {len(tested)} arm × language changes on {eval_set[0]} is significant at α = {ALPHA}")
-    sentences = [f"After Holm correction over all {analysis.n_tests} tests of this report, {counted}."]
+    sentences = [f"In the secondary family (Holm correction over all {analysis.n_tests} arm × language and "
+                 f"arm-average tests of this report), {counted}."]
     averages = cells[(cells["group"] != BASELINE_GROUP) & (cells["language"] == AVERAGE)].sort_values("delta")
     if len(averages) > 1:
         best, worst = averages.iloc[-1], averages.iloc[0]
@@ -130,7 +198,7 @@ def _subsets(analysis: Analysis, eval_set: EvalSet) -> list[str]:
 
 
 def findings(analysis: Analysis) -> list[str]:
-    """Paragraphs per evaluation set (the target XNLI first): the answer, its significance, the subsets."""
+    """Secondary paragraphs per evaluation set (the target XNLI first): group changes, significance, subsets."""
     return [" ".join(sentences) for eval_set in analysis.results.eval_sets
             for sentences in (writer(analysis, eval_set) for writer in (_answer, _significance, _subsets)) if sentences]
 
@@ -140,11 +208,13 @@ def caveats(analysis: Analysis, protocol: Protocol) -> list[str]:
     results = analysis.results
     seeds = results.seeds
     notes = []
-    if len(seeds) < MIN_SEEDS:
+    if len(seeds) < FEW_SEEDS:
         notes.append(f"Only {plural(len(seeds), 'seed')} ({', '.join(map(str, seeds))}), fewer than "
-                     f"{MIN_SEEDS}: the spread across seeds (± in the tables) is poorly estimated.")
-    notes.append("The bootstrap intervals and tests resample test examples with the trained models fixed: they "
-                 "capture test-set sampling, not training variance across seeds, which the ± std shows separately.")
+                     f"{FEW_SEEDS}: the spread across seeds (± in the tables) is poorly estimated.")
+    if not all(results.parallel(eval_set) for eval_set in results.eval_sets if eval_set[0] == "xnli"):
+        notes.append("results.csv does not mark xnli as parallel (its languages share items), so its items were "
+                     "treated as independent per language: intervals of averages are too narrow. Re-run "
+                     "`xstilts study` to rewrite the table.")
     for eval_set in results.eval_sets:
         full = FULL_TEST_SIZES.get(eval_set[0])
         sizes = results.sizes(eval_set).values()

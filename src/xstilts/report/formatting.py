@@ -22,19 +22,33 @@ def with_std(fraction: float, std: float, signed: bool = False) -> str:
     return points(fraction, signed) + ("" if math.isnan(std) else f"±{points(std, signed=False)}")
 
 
+P_FLOOR = 0.001  # smaller p-values print as '< 0.001': a t test on a few seeds resolves no finer in practice
+
+
 def interval(low: float, high: float) -> str:
-    """A confidence interval in points, e.g. '95% CI +0.4 to +2.1'."""
+    """A confidence interval in points, e.g. '95% CI +0.4 to +2.1' (or 'no interval' when untestable)."""
+    if math.isnan(low):
+        return "no interval: one seed"
     return f"{CONFIDENCE:.0%} CI {points(low)} to {points(high)}"
 
 
 def bracketed(value: float, low: float, high: float) -> str:
     """A change with its interval for table cells, e.g. '+1.2 [+0.4, +2.1]'."""
-    return f"{points(value)} [{points(low)}, {points(high)}]"
+    return points(value) + ("" if math.isnan(low) else f" [{points(low)}, {points(high)}]")
 
 
 def p_value(p: float) -> str:
-    """'p < 0.001' or 'p = 0.012'."""
-    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+    """'p < 0.001', 'p = 0.012', or 'not testable' (NaN)."""
+    if math.isnan(p):
+        return "not testable"
+    return f"p < {P_FLOOR}" if p < P_FLOOR else f"p = {p:.3f}"
+
+
+def p_cell(p: float) -> str:
+    """A p-value for table cells: '<0.001', '0.0123' or '–'."""
+    if math.isnan(p):
+        return "–"
+    return f"<{P_FLOOR}" if p < P_FLOOR else f"{p:.3g}"
 
 
 def span(counts: Iterable[int]) -> str:

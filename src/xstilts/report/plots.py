@@ -59,7 +59,7 @@ def _heatmap(analysis: Analysis, eval_set: EvalSet) -> Figure:
 
 
 def _group_bars(analysis: Analysis, eval_set: EvalSet) -> Figure:
-    """Mean change per group of arms, per language and on average, with the bootstrap intervals."""
+    """Mean change per group of arms, per language and on average, with their intervals."""
     rows = analysis.groups_of(eval_set, "language")
     scopes = [*analysis.results.languages(eval_set), AVERAGE]
     groups = [group for group in ARM_GROUPS if group in set(rows["group"])]
@@ -82,7 +82,7 @@ def _group_bars(analysis: Analysis, eval_set: EvalSet) -> Figure:
     axes.set_xlabel("Evaluation language")
     axes.set_ylabel("Mean change (accuracy points)")
     axes.set_title(f"Mean change against the baseline by group, {eval_set[0]} {eval_set[1]}\n"
-                   "(points, with 95% bootstrap confidence intervals)")
+                   "(points, with 95% confidence intervals: training and test-item variance)")
     axes.legend(loc="best")
     axes.grid(axis="y", alpha=0.3)
     return figure

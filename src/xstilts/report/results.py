@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,7 @@ PARSERS: dict[str, tuple[Callable[[str], object], str]] = {
     "n": (_integer, "an integer"),
 }
 COLUMNS = (*STRING_COLUMNS, *PARSERS)
+OPTIONAL = {"parallel": (_boolean, "true or false", "false")}  # column -> (parser, expected, default)
 EvalSet = tuple[str, str]  # (task, split)
 
 
@@ -54,12 +56,12 @@ class Results:
     path: Path
     rows: pd.DataFrame
 
-    @property
+    @cached_property
     def baseline(self) -> str:
         """The name of the baseline arm."""
         return str(self.rows.loc[self.rows["group"] == BASELINE_GROUP, "arm"].iloc[0])
 
-    @property
+    @cached_property
     def arms(self) -> pd.DataFrame:
         """One row per arm, baseline first, then by group (English, low-resource, mixed), then as listed;
         columns group, languages (tuple), size_matched and intermediate_examples (mean over rows)."""
@@ -81,6 +83,10 @@ class Results:
         pairs = list(dict.fromkeys(zip(self.rows["task"], self.rows["split"])))
         return sorted(pairs, key=lambda pair: (pair[0] != TARGET_TASK, pair[1] != "test"))
 
+    def parallel(self, eval_set: EvalSet) -> bool:
+        """Whether the languages of an evaluation set are translations of the same items (`parallel` in its task)."""
+        return bool(self._select(eval_set)["parallel"].all())
+
     def languages(self, eval_set: EvalSet) -> list[str]:
         """Languages of one evaluation set, in order of appearance."""
         return list(dict.fromkeys(self._select(eval_set)["language"]))
@@ -89,11 +95,13 @@ class Results:
         """Number of test examples per language of one evaluation set."""
         return self._select(eval_set).groupby("language", sort=False)["n"].first().to_dict()
 
-    def correctness(self, arm: str, eval_set: EvalSet, language: str) -> dict[int, np.ndarray]:
-        """Per seed, the arm's 0/1 correctness vector on one test set (empty if the arm lacks it)."""
+    def correctness(self, eval_set: EvalSet) -> dict[tuple[str, str], dict[int, np.ndarray]]:
+        """(arm, language) -> seed -> 0/1 correctness vector, for every run on one evaluation set."""
         rows = self._select(eval_set)
-        rows = rows[(rows["arm"] == arm) & (rows["language"] == language)]
-        return dict(zip(rows["seed"].tolist(), rows["correct"]))
+        runs: dict[tuple[str, str], dict[int, np.ndarray]] = {}
+        for arm, language, seed, correct in zip(rows["arm"], rows["language"], rows["seed"], rows["correct"]):
+            runs.setdefault((arm, language), {})[int(seed)] = correct
+        return runs
 
     def _select(self, eval_set: EvalSet) -> pd.DataFrame:
         return self.rows[(self.rows["task"] == eval_set[0]) & (self.rows["split"] == eval_set[1])]
@@ -137,8 +145,12 @@ def _typed(table: pd.DataFrame, path: Path) -> pd.DataFrame:
     for column in COLUMNS:
         if column not in table.columns:
             raise XstiltsError(f"{path}: missing column {column!r}")
-    rows = table[[*COLUMNS, "line"]].copy()
-    for column, (parse, expected) in PARSERS.items():
+    for column, (_, _, default) in OPTIONAL.items():
+        if column not in table.columns:
+            table[column] = default
+    rows = table[[*COLUMNS, *OPTIONAL, "line"]].copy()
+    parsers = {**PARSERS, **{column: (parse, expected) for column, (parse, expected, _) in OPTIONAL.items()}}
+    for column, (parse, expected) in parsers.items():
         values = []
         for line, text in zip(rows["line"], rows[column]):
             try:
@@ -227,7 +239,8 @@ def _read_predictions(study_dir: Path, row: pd.Series, path: Path) -> tuple[np.n
 def load_results(study_dir: Path) -> Results:
     """Read `results.csv` (else `results.jsonl`) and every predictions file it names; errors name the file and line.
 
-    Rows of one task/split/language must share their test examples (the same set of example indices)."""
+    Rows of one task/split/language must share their test examples (the same set of example indices); so must
+    all languages of a parallel evaluation set."""
     path = next((study_dir / name for name in ("results.csv", "results.jsonl") if (study_dir / name).is_file()), None)
     if path is None:
         raise XstiltsError(f"{study_dir}: no results.csv or results.jsonl (has the study finished?)")
@@ -243,5 +256,11 @@ def load_results(study_dir: Path) -> Results:
             raise XstiltsError(f"{study_dir / row['predictions']}: example indices differ from {first_file} "
                                f"(rows of {'/'.join(test_set)} must share their test examples)")
         correct.append(values)
+        if row["parallel"]:
+            parallel_key = (row["task"], row["split"], "all languages")
+            first_indices, first_file = reference.setdefault(parallel_key, (indices, row["predictions"]))
+            if not np.array_equal(indices, first_indices):
+                raise XstiltsError(f"{study_dir / row['predictions']}: example indices differ from {first_file}, but "
+                                   f"{row['task']}/{row['split']} is parallel (its languages share their items)")
     rows["correct"] = pd.Series(correct, index=rows.index, dtype=object)
     return Results(path, rows.reset_index(drop=True))

@@ -45,6 +45,8 @@ class TaskSpec(StrictModel):
     labels: list[str]
     languages: list[str] = Field(default_factory=lambda: ["en"])
     skip_labels: list[str] = Field(default_factory=list)
+    parallel: bool = Field(default=False, description="the languages are translations of the same items, row by "
+                                                      "row (XNLI): the report resamples items jointly")
     local: LocalSource | None = None
     hub: HubSource | None = None
 
