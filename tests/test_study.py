@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -50,6 +51,11 @@ def test_rerun_is_cached_and_new_arm_runs_only_new_nodes(tiny_model_dir, shared_
     assert sorted(results.arm.unique()) == ["baseline", "snli"] and len(results) == 4
     capsys.readouterr()
 
+    timings = json.loads((study_dir / "manifest.json").read_text())["timings_seconds"]
+    assert set(timings["ran_by_phase_kind"]) == {"intermediate", "target", "eval"}
+    assert timings["ran_by_phase_kind"] == timings["all_nodes_by_phase_kind"]
+    assert sum(timings["ran_by_phase_kind"].values()) <= timings["this_invocation"]
+
     run_study(spec, study_dir)  # everything cached: nothing is trained again
     assert "5 cached, 0 to run" in capsys.readouterr().err
     assert _done_times(study_dir) == first
@@ -76,6 +82,15 @@ def test_rerun_is_cached_and_new_arm_runs_only_new_nodes(tiny_model_dir, shared_
         cell = summary[(summary.arm == row.arm) & (summary.language == row.language)]
         assert len(cell) == 1 and cell.accuracy.item() == pytest.approx(correct.mean(), abs=1e-12)
     assert (study_dir / "report" / "report.html").stat().st_size > 10_000
+    assert results.parallel.all()  # xnli declares that its languages share items
+    report = json.loads((study_dir / "report" / "report.json").read_text())
+    primary = report["primary"]
+    assert (primary["english_arms"], primary["low_resource_arms"], primary["evaluation"]) == (["snli"], ["indonli"],
+                                                                                              "xnli/dev")
+    change = {arm["arm"]: arm["change"] for arm in report["arms"]}
+    assert primary["value"] == pytest.approx(change["snli"] - change["indonli"])
+    assert primary["seeds"] == 1 and primary["p_value"] is None and not primary["significant"]  # one seed: untestable
+    assert "cannot resolve anything" in (study_dir / "report" / "report.md").read_text()
 
 
 def test_dry_run_lists_each_shared_node_once(tiny_model_dir, shared_data_dir, tmp_path, capsys):
@@ -138,6 +153,17 @@ def test_shipped_studies_load_and_bad_key_is_named(tmp_path):
     bad.write_text("name: x\nseeds: [1]\ntarget: {task: {task: mnli}}\narms: [{name: a, group: english, tasks: [{task: snli}], capp: 3}]\n")
     with pytest.raises(XstiltsError, match=r"bad.yaml: unknown key 'arms.0.capp'"):
         load_study(bad)
+
+
+@pytest.mark.parametrize(("primary", "message"), [
+    ({"evaluation": "xnli/test"}, "primary.evaluation 'xnli/test' is not one of the evaluations"),
+    ({"arms": ["snli", "qqp"]}, "primary.arms names unknown arms"),
+    ({"arms": ["snli", "snli-2"]}, "needs at least one English and one low-resource arm"),
+])
+def test_primary_contrast_must_name_this_studys_evaluation_and_arms(tmp_path, primary, message):
+    spec = _spec(tmp_path, tmp_path, [SNLI, {**SNLI, "name": "snli-2"}, INDONLI])
+    with pytest.raises(ValueError, match=message):
+        StudySpec(**spec, primary=primary)
 
 
 def test_parallel_executor_matches_sequential(tiny_model_dir, shared_data_dir, tmp_path):

@@ -129,13 +129,27 @@ def run_study(spec: StudySpec, study_dir: Path, workers: int | None = None, dry_
     print(f"[study] {len(graph.nodes)} nodes, {progress.cached} cached, {len(todo)} to run", file=sys.stderr)
     make_executor(workers).run(todo, functools.partial(run_node, study_dir, spec.model_dump_json()), progress)
     path = write_results(spec, graph, study_dir)
+    ran = phase_seconds(study_dir, todo)
     write_json(study_dir / "manifest.json", {
         **environment(), "study": spec.name, "seeds": spec.seeds, "nodes": len(graph.nodes), "ran_nodes": len(todo),
-        "data_files": _data_files(graph, study_dir), "timings_seconds": {"this_invocation": round(time.perf_counter() - started, 1)},
+        "data_files": _data_files(graph, study_dir),
+        "timings_seconds": {"this_invocation": round(time.perf_counter() - started, 1), "ran_by_phase_kind": ran,
+                            "all_nodes_by_phase_kind": phase_seconds(study_dir, list(graph.nodes.values()))},
         "peak_rss_mb": round(peak_rss_mb(), 1),
     })
-    print(f"[study] finished in {_clock(time.perf_counter() - started)}; results: {path}", file=sys.stderr)
+    kinds = ", ".join(f"{kind} {_clock(seconds)}" for kind, seconds in ran.items())
+    print(f"[study] finished in {_clock(time.perf_counter() - started)} ({kinds or 'all cached'}); results: {path}",
+          file=sys.stderr)
     return path
+
+
+def phase_seconds(study_dir: Path, nodes: list[Node]) -> dict[str, float]:
+    """Seconds spent in each kind of phase (intermediate, target, eval) over `nodes`, from their results
+    (model loading and tokenization are inside the phase that needed them)."""
+    totals: dict[str, float] = {}
+    for node in nodes:
+        totals[node.kind] = round(totals.get(node.kind, 0.0) + read_result(node_dir(study_dir, node))["seconds"], 1)
+    return totals
 
 
 def _result(study_dir: Path, name: str) -> dict:
