@@ -17,6 +17,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from xstilts.config import EvalData, TaskData, TrainConfig
+from xstilts.cpu import CpuThreads
 from xstilts.embedded_model import resolve_model
 from xstilts.errors import XstiltsError
 from xstilts.evaluation import accuracy, inference_weights, predict
@@ -198,8 +199,11 @@ def eval_node(ctx: Context, out_dir: Path, *, trained: Path, head: str, data: Ev
     if model.labels[head] != spec.labels:
         raise XstiltsError(f"task {data.task!r} has labels {spec.labels}, head {head!r} has {model.labels[head]}")
     started = time.perf_counter()
+    threads = CpuThreads() if ctx.device.type == "cpu" else None
     languages, provenance = {}, []
     for language in data.languages or spec.languages:
+        if threads is not None:
+            threads.adapt(force=not languages)
         features, splits = ctx.rows(data.model_copy(update={"languages": [language]}), EVAL_SUBSAMPLE_SEED)
         predictions = predict(model, head, features, ctx.tokenizer.pad_token_id, ctx.precision, ctx.device)
         _write_predictions(out_dir / "predictions" / f"{language}.csv", features.labels, predictions, spec.labels)

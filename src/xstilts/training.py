@@ -22,6 +22,7 @@ from xstilts.attention import attention_implementation, training_attention
 from xstilts.memory import activation_checkpointing
 from xstilts.averaging import WeightAverage
 from xstilts.config import TrainConfig
+from xstilts.cpu import CpuThreads
 from xstilts.errors import XstiltsError
 from xstilts.evaluation import accuracy, predict
 from xstilts.features import Features, collate, length_grouped_batches
@@ -197,8 +198,13 @@ def _train(model: MultiHeadModel, tasks: list[TrainTask], config: TrainConfig, o
     heads = [task.head for task in tasks]
     progress = tqdm(total=total_steps, initial=state.step, desc=description, unit="step", dynamic_ncols=True,
                     mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr)
+    threads = CpuThreads() if device.type == "cpu" else None
+    if threads is not None:
+        threads.adapt(force=True)
     started = time.perf_counter() - state.seconds
     while state.step < total_steps:
+        if threads is not None:
+            threads.adapt()
         optimizer.zero_grad(set_to_none=True)
         for micro in range(config.grad_accumulation):
             task_index, indices = schedule[state.step * config.grad_accumulation + micro]
