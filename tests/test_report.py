@@ -190,6 +190,7 @@ def test_missing_column_and_mismatched_examples_are_named(tmp_path: Path) -> Non
         load_results(study)
 
 
+@pytest.mark.browser
 def test_html_renders_in_headless_chromium(report: Path, tmp_path: Path) -> None:
     chromium = shutil.which("chromium")
     if chromium is None:

@@ -27,6 +27,8 @@ from xstilts.evaluation import accuracy, predict
 from xstilts.features import collate, tokenize
 from xstilts.model import HEADS_FILE, WEIGHTS_FILE, MultiHeadModel, load_checkpoint, load_encoder, load_trained
 from xstilts.phases import SPILLED_EMBEDDINGS_FILE, Context, _carried_heads, train_node
+from xstilts import memory
+from xstilts.memory import training_memory_bytes
 from xstilts.pipeline import run
 from xstilts.tasks import load_registry
 from xstilts.tasks.readers import read_split
@@ -537,8 +539,26 @@ def test_training_switches_attention_and_checkpointing_on_and_back(tmp_path, ctx
     model.encoder.forward = spy
     train_phase(model, [TrainTask("mnli", features)], TrainConfig(max_steps=2, batch_size=8), tmp_path, seed=1,
                 pad_id=1, precision="fp32", device=torch.device("cpu"))
+    assert seen == [(CPU_TRAINING_ATTENTION, False)] * 2  # plenty of memory for this model: no checkpointing
+    seen.clear()
+    train_phase(model, [TrainTask("mnli", features)], TrainConfig(max_steps=2, batch_size=8, activation_checkpointing=True),
+                tmp_path / "checkpointed", seed=1, pad_id=1, precision="fp32", device=torch.device("cpu"))
     assert seen == [(CPU_TRAINING_ATTENTION, True)] * 2
     assert (model.encoder.config._attn_implementation, model.encoder.is_activation_checkpointing) == ("sdpa", False)
+
+
+def test_activation_checkpointing_only_when_memory_requires_it(ctx, monkeypatch):
+    encoder = load_encoder(ctx.model)
+    estimate = training_memory_bytes(encoder, 32, 128, 4)
+    doubled = training_memory_bytes(encoder, 64, 128, 4)
+    weights = training_memory_bytes(encoder, 0, 128, 4)
+    assert weights > 0 and doubled - weights == pytest.approx(2 * (estimate - weights))  # activations scale with batch
+    monkeypatch.setattr(memory, "available_memory_bytes", lambda: int(4 * estimate))
+    assert not memory.needs_activation_checkpointing(encoder, 32, 128, 4)
+    monkeypatch.setattr(memory, "available_memory_bytes", lambda: int(1.5 * estimate))
+    assert memory.needs_activation_checkpointing(encoder, 32, 128, 4)
+    monkeypatch.setattr(memory, "available_memory_bytes", lambda: None)
+    assert memory.needs_activation_checkpointing(encoder, 32, 128, 4)
 
 
 def _train_variants(ctx, root: Path, variants: dict[str, TrainConfig]) -> dict[str, dict]:

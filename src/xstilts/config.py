@@ -53,7 +53,8 @@ class TrainConfig(StrictModel):
                                     "(see xstilts.attention), the model's own (SDPA) elsewhere")
     activation_checkpointing: bool | None = Field(
         default=None, description="recompute each layer's activations in the backward pass instead of keeping "
-                                  "them; None: on for the CPU (peak memory), off on GPUs (speed)")
+                                  "them; None: on a CPU only when a step's estimated memory exceeds half of the "
+                                  "available memory (see xstilts.memory), off on GPUs (speed)")
     pad_to_multiple: int = Field(
         default=16, gt=0, description="round each training batch's width up to a multiple of this: activations "
                                       "then come in few sizes that the heap reuses instead of fragmenting")

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from transformers import get_linear_schedule_with_warmup
 
 from xstilts.attention import attention_implementation, training_attention
-from xstilts.memory import activation_checkpointing
+from xstilts.memory import activation_checkpointing, needs_activation_checkpointing
 from xstilts.averaging import WeightAverage
 from xstilts.config import TrainConfig
 from xstilts.cpu import CpuThreads
@@ -167,7 +167,9 @@ def train_phase(model: MultiHeadModel, tasks: list[TrainTask], config: TrainConf
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpointing = config.activation_checkpointing
     if checkpointing is None:
-        checkpointing = device.type == "cpu"
+        length = max(int(task.train.lengths.max()) for task in tasks)
+        checkpointing = device.type == "cpu" and needs_activation_checkpointing(
+            model.encoder, config.batch_size, length, 2 if precision == "bf16" else 4)
     with attention_implementation(model.encoder, training_attention(config.attention, device)), \
             activation_checkpointing(model.encoder, checkpointing):
         return _train(model, tasks, config, out_dir, seed=seed, pad_id=pad_id, precision=precision, device=device,
