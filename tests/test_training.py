@@ -33,7 +33,7 @@ from xstilts.pipeline import run
 from xstilts.tasks import load_registry
 from xstilts.tasks.readers import read_split
 from xstilts.precision import autocast
-from xstilts.training import TrainTask, train_phase
+from xstilts.training import TrainTask, load_training_state, train_phase
 from xstilts.vocab import VocabTrim
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -227,7 +227,7 @@ def test_checkpoint_from_other_settings_is_refused(tmp_path, ctx, capsys):
 
     assert phase(train)["steps"] == 3
     # train_phase leaves its last checkpoint (step 2) for the caller to remove
-    assert torch.load(tmp_path / "checkpoint" / "training_state.pt", weights_only=False)["state"]["step"] == 2
+    assert load_training_state(tmp_path / "checkpoint" / "training_state.pt")["state"]["step"] == 2
     for other in (train.model_copy(update={"lr": 2e-3}), train.model_copy(update={"max_steps": 4})):
         with pytest.raises(XstiltsError) as excinfo:
             phase(other)
@@ -237,6 +237,38 @@ def test_checkpoint_from_other_settings_is_refused(tmp_path, ctx, capsys):
     capsys.readouterr()
     assert phase(train)["steps"] == 3
     assert "resuming at step 2/3" in capsys.readouterr().err
+
+
+class _RunsCode:
+    """Unpickling this calls os.system: what a crafted checkpoint from someone else could do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_crafted_or_damaged_training_state_is_refused(tmp_path, ctx):
+    features, _ = ctx.rows(TaskData(task="mnli", max_examples=32), 1)
+    train = TrainConfig(max_steps=3, batch_size=16, checkpoint_every=2)
+
+    def phase() -> dict:
+        model = MultiHeadModel(load_encoder(ctx.model), {"mnli": NLI})
+        return train_phase(model, [TrainTask("mnli", features)], train, tmp_path, seed=1,
+                           pad_id=ctx.tokenizer.pad_token_id, precision="fp32", device=torch.device("cpu"))
+
+    phase()
+    state = tmp_path / "checkpoint" / "training_state.pt"
+    genuine = state.read_bytes()
+    marker = tmp_path / "code-ran"
+    torch.save({"state": _RunsCode(marker)}, state)
+    with pytest.raises(XstiltsError, match=r"training_state.pt: refused: the file holds objects that would run code"):
+        phase()
+    assert not marker.exists()
+    state.write_bytes(genuine[: len(genuine) // 2])
+    with pytest.raises(XstiltsError, match=r"training_state.pt: unreadable checkpoint .*; delete .*checkpoint to start"):
+        phase()
 
 
 # --- vocabulary trimming ------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import shutil
 import sys
 import time
@@ -127,13 +128,26 @@ def _save_checkpoint(out_dir: Path, model: MultiHeadModel, optimizer, scheduler,
     shutil.rmtree(old, ignore_errors=True)
 
 
+def load_training_state(path: Path) -> dict:
+    """A checkpoint's training state as data: tensors, numbers, strings and containers only (PyTorch's
+    weights_only loader). A file that would run code when unpickled, or a damaged one, is refused."""
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError:
+        raise XstiltsError(f"{path}: refused: the file holds objects that would run code when loaded, not just "
+                           f"data; delete {path.parent} to start this phase over") from None
+    except (RuntimeError, EOFError, OSError) as error:
+        raise XstiltsError(f"{path}: unreadable checkpoint ({str(error).splitlines()[0]}); delete {path.parent} "
+                           "to start this phase over") from None
+
+
 def _resume(out_dir: Path, model: MultiHeadModel, optimizer, scheduler, fingerprint: dict,
             average: WeightAverage | None) -> TrainState:
     """Load the checkpoint if there is one (and it was made with the same settings), else a fresh state."""
     directory = out_dir / CHECKPOINT_DIR
     if not (directory / "training_state.pt").exists():
         return TrainState()
-    saved = torch.load(directory / "training_state.pt", weights_only=False)
+    saved = load_training_state(directory / "training_state.pt")
     if saved["fingerprint"] != fingerprint:
         raise XstiltsError(f"{directory}: checkpoint was made with other settings; delete it to start over")
     model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
