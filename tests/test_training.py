@@ -271,6 +271,19 @@ def test_a_crafted_or_damaged_training_state_is_refused(tmp_path, ctx):
         phase()
 
 
+def test_non_finite_numbers_stop_before_training(tmp_path, ctx):
+    with pytest.raises(XstiltsError, match=r"test: key 'target.train.lr': Input should be a finite number"):
+        parse_config({"target": {"task": {"task": "mnli"}, "train": {"lr": float("inf")}},
+                      "evaluate": [{"task": "xnli"}]}, "test")
+    features, _ = ctx.rows(TaskData(task="mnli", max_examples=64), 1)
+    model = MultiHeadModel(load_encoder(ctx.model), {"mnli": NLI})
+    with pytest.raises(XstiltsError, match=r"the loss is nan at step \d+ \(lr 1e\+30\); stopped before the weights"):
+        train_phase(model, [TrainTask("mnli", features)], TrainConfig(max_steps=20, batch_size=8, lr=1e30,
+                                                                      max_grad_norm=None), tmp_path, seed=1,
+                    pad_id=ctx.tokenizer.pad_token_id, precision="fp32", device=torch.device("cpu"))
+    assert not (tmp_path / "best").exists()  # nothing was saved from the diverged run
+
+
 # --- vocabulary trimming ------------------------------------------------------------------------------------
 
 

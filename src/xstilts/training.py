@@ -235,6 +235,9 @@ def _train(model: MultiHeadModel, tasks: list[TrainTask], config: TrainConfig, o
             state.examples += len(indices)
             state.tokens += int(batch["attention_mask"].sum())
             loss_value = loss.item() * config.grad_accumulation
+            if not math.isfinite(loss_value):
+                raise XstiltsError(f"{description}: the loss is {loss_value} at step {state.step + 1} (lr {config.lr}); "
+                                   "stopped before the weights took it in: lower lr or check the data")
             state.loss_ema = loss_value if state.loss_ema is None else 0.95 * state.loss_ema + 0.05 * loss_value
         if config.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)

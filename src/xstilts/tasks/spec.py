@@ -11,9 +11,9 @@ SplitName = Literal["train", "dev", "test"]
 
 
 class StrictModel(BaseModel):
-    """Base for every config model: unknown keys are errors, not silently ignored."""
+    """Base for every config model: unknown keys are errors, not silently ignored; numbers are finite."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class LocalSource(StrictModel):
