@@ -11,6 +11,7 @@ import yaml
 from xstilts.cli import main
 from xstilts.config import RunConfig, load_config
 from xstilts.errors import XstiltsError
+from xstilts.study_spec import load_study
 from helpers import one_line_error
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -120,6 +121,28 @@ def test_missing_and_malformed_files(tmp_path):
         load_config(path)
     one_line_error(excinfo, str(path), "mapping")
 
+    with pytest.raises(XstiltsError) as excinfo:
+        load_config(tmp_path)
+    one_line_error(excinfo, str(tmp_path), "is a directory, expected a YAML file")
+    path = _write_config(tmp_path, "x")
+    path.write_bytes(b"name: caf\xe9\n")  # Latin-1, not UTF-8
+    with pytest.raises(XstiltsError) as excinfo:
+        load_config(path)
+    one_line_error(excinfo, str(path), "not UTF-8 text (byte 9")
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"seeds": [1, 1]}, "seeds must be distinct"),
+    ({"arms": []}, "at least one arm besides the baseline"),
+])
+def test_a_study_that_could_not_compare_anything_is_refused_before_it_runs(tmp_path, change, message):
+    study = {"name": "s", "seeds": [1, 2], "target": {"task": {"task": "mnli"}},
+             "arms": [{"name": "snli", "group": "english", "tasks": [{"task": "snli"}]}], **change}
+    path = _write_config(tmp_path, study)
+    with pytest.raises(XstiltsError) as excinfo:
+        load_study(path)
+    one_line_error(excinfo, str(path), message)
+
 
 # --- the command line ---------------------------------------------------------------------------------------
 
@@ -209,3 +232,15 @@ def test_cli_missing_evaluation_file_fails_before_training(tmp_path, capsys, tin
     assert main(["run", str(path), "--output", str(tmp_path / "out")]) == 2
     _cli_error(capsys, str(data_dir / "test.tsv"), "not found")
     assert not (tmp_path / "out" / "target" / "DONE").exists(), "trained before checking the evaluation data"
+
+
+def test_cli_bad_workers_and_output_file(tmp_path, capsys):
+    study = Path(__file__).resolve().parents[1] / "studies" / "lowres-vs-english-pilot.yaml"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["study", str(study), "--workers", "-1"])
+    assert exit_info.value.code == 2
+    assert "--workers: expected a positive integer, got '-1'" in capsys.readouterr().err
+    output = tmp_path / "a-file"
+    output.write_text("")
+    assert main(["study", str(study), "--output", str(output)]) == 2
+    _cli_error(capsys, str(output), "--output names a file")

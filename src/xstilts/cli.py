@@ -13,6 +13,7 @@ def _run(args: argparse.Namespace) -> None:
     from xstilts.config import load_config, parse_config
     from xstilts.pipeline import run
 
+    _output_dir(args.output)
     config = load_config(args.config)
     overrides = {key: value for key, value in (("data_dir", args.data_dir), ("model", args.model), ("seed", args.seed)) if value is not None}
     if overrides:
@@ -24,6 +25,7 @@ def _study(args: argparse.Namespace) -> None:
     from xstilts.study import run_study
     from xstilts.study_spec import load_study
 
+    _output_dir(args.output)
     spec = load_study(args.study)
     if args.data_dir:
         spec = spec.model_copy(update={"data_dir": args.data_dir})
@@ -58,6 +60,23 @@ def _convert(args: argparse.Namespace) -> None:
     print(ensure_default_model())
 
 
+def _positive(text: str) -> int:
+    """A positive integer option."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _output_dir(output: Path | None) -> None:
+    """An --output that exists must be a directory."""
+    if output is not None and output.exists() and not output.is_dir():
+        raise XstiltsError(f"{output}: --output names a file; give a directory")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Sub-commands and their options."""
     parser = argparse.ArgumentParser(prog="xstilts", description="Intermediate-task transfer for zero-shot cross-lingual NLP.")
@@ -73,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("study", type=Path)
     study.add_argument("--output", type=Path, help="study directory (default: studies-out/NAME)")
     study.add_argument("--data-dir", help="folder of local data sets (default: $XSTILTS_DATA_DIR)")
-    study.add_argument("--workers", type=int, help="parallel local workers (default: the study's `workers`)")
+    study.add_argument("--workers", type=_positive, help="parallel local workers (default: the study's `workers`)")
     study.add_argument("--dry-run", action="store_true", help="print the graph and what is cached; run nothing")
     study.set_defaults(handler=_study)
     status = commands.add_parser("status", help="show which phases of a study directory are finished")

@@ -68,6 +68,10 @@ class StudySpec(StrictModel):
 
     @model_validator(mode="after")
     def _unique_arms(self) -> StudySpec:
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct (runs with the same seed are the same run): {self.seeds}")
+        if not self.arms:
+            raise ValueError("a study needs at least one arm besides the baseline")
         names = [arm.name for arm in self.arms]
         duplicated = {name for name in names if names.count(name) > 1} | ({BASELINE} & set(names))
         if duplicated:

@@ -83,7 +83,7 @@ def seeds_sentence(estimate, item_scale: float = 1.0) -> str:
     for effect in PLANNED_EFFECTS:
         seeds = seeds_needed(estimate, effect, item_scale)
         parts.append(f"{points(effect, signed=False)} points: "
-                     + (f"{seeds} seeds" if seeds else "not reachable by seeds alone (the test items limit it)"))
+                     + (f"{seeds} seeds" if seeds else "not reachable by seeds alone, the test items limit it"))
     return f"seeds needed for {POWER:.0%} power at α = {ALPHA} ({'; '.join(parts)})"
 
 
@@ -91,9 +91,8 @@ def _scope(analysis: Analysis, protocol: Protocol) -> str:
     """What the primary answer is about: these arms, this model, this target size."""
     primary = analysis.primary
     target = protocol.study.get("target") if isinstance(protocol.study.get("target"), dict) else {}
-    model = protocol.study.get("model")
     return (f"This answer is about these arms ({_enumerate(list(primary.english))} against "
-            f"{_enumerate(list(primary.low_resource))}), the model {model or 'not recorded'} and the target "
+            f"{_enumerate(list(primary.low_resource))}), the model ({protocol.model or 'not recorded'}) and the target "
             f"{task_label(target.get('task')) if target.get('task') else 'not recorded'}; the arms are the treatments "
             "studied, not a sample of English or low-resource tasks, so it does not say how other tasks would fare.")
 

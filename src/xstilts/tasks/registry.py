@@ -36,6 +36,10 @@ def load_yaml(path: Path) -> dict:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise XstiltsError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise XstiltsError(f"{path}: is a directory, expected a YAML file") from None
+    except UnicodeDecodeError as error:
+        raise XstiltsError(f"{path}: not UTF-8 text (byte {error.start}: {error.reason})") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
