@@ -350,7 +350,7 @@ def _task_yaml(tmp_path: Path, **fields: str) -> Path:
 def test_bad_key_in_task_yaml_is_named(tmp_path, fields, key):
     path = _task_yaml(tmp_path, **fields)
     with pytest.raises(XstiltsError) as excinfo:
-        load_registry([path.parent])
+        load_registry([path.parent]).get("t")
     one_line_error(excinfo, str(path), f"unknown key {key!r}")
 
 
@@ -363,12 +363,27 @@ def test_bad_key_in_task_yaml_is_named(tmp_path, fields, key):
 def test_invalid_value_in_task_yaml(tmp_path, fields, parts):
     path = _task_yaml(tmp_path, **fields)
     with pytest.raises(XstiltsError) as excinfo:
-        load_registry([path.parent])
+        load_registry([path.parent]).get("t")
     one_line_error(excinfo, str(path), *parts)
 
 
 def test_invalid_yaml_syntax(tmp_path):
     path = _write(tmp_path / "tasks" / "t.yaml", "name: t\nlabels: [a, b\n")
     with pytest.raises(XstiltsError) as excinfo:
-        load_registry([path.parent])
+        load_registry([path.parent]).get("t")
     one_line_error(excinfo, str(path), "invalid YAML")
+
+
+def test_yml_files_count_and_a_broken_file_hides_no_valid_task(tmp_path, capsys):
+    folder = tmp_path / "tasks"
+    _write(folder / "good.yml", "".join(f"{key}: {value}\n" for key, value in {**GOOD_TASK, "name": "good"}.items()))
+    broken = _write(folder / "broken.yaml", "name: broken\nlabels: [a, b\n")
+    registry = load_registry([folder])
+    assert registry.get("good").labels == ["a", "b"]
+    assert f"xstilts: warning: skipped task file {broken}" in capsys.readouterr().err
+    with pytest.raises(XstiltsError) as excinfo:
+        registry.get("broken")
+    one_line_error(excinfo, str(broken), "invalid YAML")
+    with pytest.raises(XstiltsError) as excinfo:
+        registry.get("goood")
+    one_line_error(excinfo, "did you mean 'good'?", f"1 task file(s) could not be read: {broken}")

@@ -12,7 +12,7 @@ from xstilts.report.statistics import ALPHA, CONFIDENCE, POWER, Estimate, seeds_
 
 def _number(value: object) -> object:
     """NaN and infinity as null (JSON has neither); numpy scalars as Python numbers."""
-    if isinstance(value, bool) or value is None or isinstance(value, str):
+    if isinstance(value, (bool, int, str)) or value is None:
         return value
     value = float(value)
     return None if not math.isfinite(value) else value

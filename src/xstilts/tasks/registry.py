@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import difflib
 import os
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -60,29 +61,44 @@ def load_task_file(path: Path) -> TaskSpec:
 
 @dataclass
 class TaskRegistry:
-    """Task specs by name; later folders override earlier ones (user tasks override built-ins)."""
+    """Task specs by name; later folders override earlier ones (user tasks override built-ins). Files that
+    could not be read are kept as errors: they hide no valid task, and an unknown name lists them."""
 
     tasks: dict[str, TaskSpec]
+    broken: dict[Path, str] = field(default_factory=dict)  # task file -> its one-line error
 
     def get(self, name: str) -> TaskSpec:
         """The spec of a task; an unknown name is an error suggesting the closest known one."""
         if name in self.tasks:
             return self.tasks[name]
+        stem = next((error for path, error in self.broken.items() if path.stem == name), None)
+        if stem is not None:
+            raise XstiltsError(stem)
         close = difflib.get_close_matches(name, self.tasks, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise XstiltsError(f"unknown task {name!r}{hint}; known tasks: {', '.join(sorted(self.tasks))}")
+        unread = f"; {len(self.broken)} task file(s) could not be read: {', '.join(map(str, self.broken))}" \
+            if self.broken else ""
+        raise XstiltsError(f"unknown task {name!r}{hint}; known tasks: {', '.join(sorted(self.tasks))}{unread}")
 
 
 def load_registry(extra_dirs: list[Path] | None = None) -> TaskRegistry:
-    """Built-in tasks, then `$XSTILTS_TASK_DIRS` (os.pathsep-separated), then `extra_dirs`."""
+    """Built-in tasks, then `$XSTILTS_TASK_DIRS` (os.pathsep-separated), then `extra_dirs`; `.yaml` and `.yml`
+    files. An unreadable user task file is reported on stderr and skipped (a broken built-in is an error)."""
     folders = [BUILTIN_DIR]
     folders += [Path(p) for p in os.environ.get("XSTILTS_TASK_DIRS", "").split(os.pathsep) if p]
     folders += list(extra_dirs or [])
-    tasks: dict[str, TaskSpec] = {}
+    registry = TaskRegistry({})
     for folder in folders:
         if not folder.is_dir():
             raise XstiltsError(f"{folder}: task folder not found")
-        for path in sorted(folder.glob("*.yaml")):
-            spec = load_task_file(path)
-            tasks[spec.name] = spec
-    return TaskRegistry(tasks)
+        for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
+            try:
+                spec = load_task_file(path)
+            except XstiltsError as error:
+                if folder == BUILTIN_DIR:
+                    raise
+                registry.broken[path] = str(error)
+                print(f"xstilts: warning: skipped task file {error}", file=sys.stderr)
+                continue
+            registry.tasks[spec.name] = spec
+    return registry
