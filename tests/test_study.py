@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -120,7 +121,7 @@ def _wait_for(path_glob: str, root: Path, process: subprocess.Popen, timeout: fl
 
 
 def test_sigkill_mid_training_then_resume_gives_identical_results(tiny_model_dir, shared_data_dir, tmp_path):
-    spec = _spec(tiny_model_dir, shared_data_dir, [], max_steps=40, checkpoint_every=4, eval_every=8)
+    spec = _spec(tiny_model_dir, shared_data_dir, [SNLI], max_steps=40, checkpoint_every=4, eval_every=8)
     spec_file = tmp_path / "study.yaml"
     spec_file.write_text(yaml.safe_dump(spec))
     command = [sys.executable, "-m", "xstilts.cli", "study", str(spec_file), "--output"]
@@ -173,3 +174,34 @@ def test_parallel_executor_matches_sequential(tiny_model_dir, shared_data_dir, t
     sequential, parallel = (pd.read_csv(tmp_path / d / "results.csv") for d in ("sequential", "parallel"))
     pd.testing.assert_frame_equal(sequential, parallel)
     assert len(parallel) == 3 * 2  # baseline + 2 arms, 2 languages
+
+
+def test_edited_task_or_replaced_data_file_changes_exactly_the_affected_nodes(tiny_model_dir, shared_data_dir,
+                                                                              tmp_path):
+    """A user copy of SNLI whose files live outside the data folder: editing its label map, or replacing its
+    data file, re-keys the nodes of its arm (intermediate, target, evaluation) and nothing else."""
+    train_file = tmp_path / "snli-train.json"
+    shutil.copyfile(shared_data_dir / "glue" / "SNLI" / "train.json", train_file)
+    builtin = Path(__file__).resolve().parents[1] / "src" / "xstilts" / "tasks" / "builtin" / "snli.yaml"
+    original = {**yaml.safe_load(builtin.read_text()), "name": "my-snli"}
+    original["local"]["files"] = {"train": str(train_file)}
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    task_file = tasks / "my-snli.yaml"
+    task_file.write_text(yaml.safe_dump(original))
+    arm = {"name": "my-snli", "group": "english", "tasks": [{"task": "my-snli"}], "cap": 64}
+    spec = {**_spec(tiny_model_dir, shared_data_dir, [arm, INDONLI]), "task_dirs": [str(tasks)]}
+    before = build_graph(StudySpec(**spec)).nodes
+    mine = {name for name, node in before.items() if "my-snli" in node.label}
+    assert len(mine) == 3
+
+    def rekeyed() -> set[str]:
+        return set(before) - set(build_graph(StudySpec(**spec)).nodes)
+
+    edited = {**original, "local": {**original["local"], "label_map": {"x": "neutral"}}}
+    task_file.write_text(yaml.safe_dump(edited))
+    assert rekeyed() == mine
+    task_file.write_text(yaml.safe_dump(original))
+    assert rekeyed() == set()
+    train_file.write_text(train_file.read_text().replace("a", "b", 1))
+    assert rekeyed() == mine

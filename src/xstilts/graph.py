@@ -9,8 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from xstilts.config import TaskData
+from xstilts.pipeline import resolve_data_dir
 from xstilts.precision import pick_device, resolve_precision
 from xstilts.study_spec import BASELINE, StudySpec
+from xstilts.tasks.readers import input_fingerprint
+from xstilts.tasks.registry import TaskRegistry, load_registry
 
 NodeKind = Literal["intermediate", "target", "eval"]
 
@@ -68,10 +72,30 @@ class Graph:
         return found
 
 
+def _inputs(tasks: list[TaskData], registry: TaskRegistry, data_dir: Path | None, training: bool) -> dict:
+    """Per task: a hash of its spec (labels, columns, label map, ...) and the fingerprint of every file it
+    reads (the split, and for training its dev split), so that an edited task YAML or a replaced data file
+    gives the node a new key."""
+    inputs = {}
+    for data in tasks:
+        spec = registry.get(data.task)
+        splits = [data.split] + (["dev"] if training and "dev" in spec.splits and data.split != "dev" else [])
+        inputs[data.task] = {
+            "spec": hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:16],
+            "files": {f"{split}/{language}": input_fingerprint(spec, split, language, data_dir, data.source)
+                      for split in splits for language in data.languages or spec.languages}}
+    return inputs
+
+
 def build_graph(spec: StudySpec) -> Graph:
-    """Every arm (baseline first) x seed: [intermediate] -> target -> one eval node per evaluation set."""
+    """Every arm (baseline first) x seed: [intermediate] -> target -> one eval node per evaluation set.
+
+    A node's key covers its settings, its parents, the resolved precision (a worker computes the node in that
+    precision) and its inputs (task specs and data file checksums)."""
     precision = resolve_precision(spec.precision, pick_device())
     common = {"model": spec.model, "max_length": spec.max_length, "precision": precision, "pooling": spec.pooling}
+    registry = load_registry([Path(p) for p in spec.task_dirs])
+    data_dir = resolve_data_dir(spec.data_dir)
     graph = Graph()
     for seed in spec.seeds:
         for arm in [None, *spec.arms]:
@@ -79,17 +103,20 @@ def build_graph(spec: StudySpec) -> Graph:
             if arm is not None:
                 parent = graph.add(Node("intermediate", {
                     **common, "seed": seed, "tasks": [t.model_dump() for t in arm.capped_tasks()],
+                    "inputs": _inputs(arm.capped_tasks(), registry, data_dir, training=True),
                     "train": (arm.train or spec.intermediate_train).model_dump(), "sampling": arm.sampling,
                     "temperature": arm.temperature,
                 }, (), f"intermediate {'+'.join(t.task for t in arm.tasks)}{f' cap {arm.cap}' if arm.cap else ''} seed {seed}"))
             target_config = {**common, "seed": seed, "task": spec.target.task.model_dump(),
+                             "inputs": _inputs([spec.target.task], registry, data_dir, training=True),
                              "train": spec.target.train.model_dump()}
             if parent is not None:
                 target_config["carry"] = spec.target.carry
             target = graph.add(Node("target", target_config, (parent,) if parent else (),
                                     f"target {spec.target.task.task} after {arm.name if arm else BASELINE} seed {seed}"))
             for index, data in enumerate(spec.evaluate):
-                evaluation = graph.add(Node("eval", {**common, "data": data.model_dump(), "head": spec.target.task.task},
+                evaluation = graph.add(Node("eval", {**common, "data": data.model_dump(), "head": spec.target.task.task,
+                                                     "inputs": _inputs([data], registry, data_dir, training=False)},
                                             (target,), f"eval {data.task}/{data.split} of {arm.name if arm else BASELINE} seed {seed}"))
                 graph.uses.append(Use(arm.name if arm else BASELINE, seed, index, parent, target, evaluation))
     return graph

@@ -26,20 +26,21 @@ RESULT_COLUMNS = ["arm", "group", "arm_languages", "size_matched", "intermediate
 _CONTEXTS: dict[str, Context] = {}
 
 
-def _context(spec: StudySpec) -> Context:
-    """One context per process and shared settings (model, tokenizer and tokenized data load once)."""
-    key = json.dumps([spec.model, spec.task_dirs, spec.data_dir, spec.max_length, spec.precision, spec.pooling])
+def _context(spec: StudySpec, precision: str) -> Context:
+    """One context per process and shared settings (model, tokenizer and tokenized data load once); the
+    precision is the node's, as resolved when the graph was built, not the worker's own choice."""
+    key = json.dumps([spec.model, spec.task_dirs, spec.data_dir, spec.max_length, precision, spec.pooling])
     if key not in _CONTEXTS:
         registry = load_registry([Path(p) for p in spec.task_dirs])
         _CONTEXTS[key] = Context.create(spec.model, registry, resolve_data_dir(spec.data_dir), spec.max_length,
-                                        spec.precision, spec.pooling)
+                                        precision, spec.pooling)
     return _CONTEXTS[key]
 
 
 def run_node(study_dir: Path, spec_json: str, node: Node) -> dict:
     """Compute one node (a module-level function, so process pools and cluster executors can ship it)."""
     spec = StudySpec.model_validate_json(spec_json)
-    ctx = _context(spec)
+    ctx = _context(spec, node.config["precision"])
     out = node_dir(study_dir, node)
     parents = [study_dir / "nodes" / name for name in node.parents]
     config = node.config

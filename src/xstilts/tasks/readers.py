@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -36,6 +37,26 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=1024)
+def _file_sha256_cached(path: Path, modified_ns: int, size: int) -> str:
+    return file_sha256(path)
+
+
+def input_fingerprint(spec: TaskSpec, split: str, language: str, data_dir: Path | None, source: str = "auto") -> str:
+    """What reading a split depends on besides the spec: the local file's SHA-256 ('missing' if absent), or
+    the Hub address (Hub content is versioned by the Hub, not hashed here)."""
+    if _reads_local(spec, data_dir, source) and split in spec.local.files and data_dir is not None:
+        path = data_dir / spec.local.files[split].format(language=language)
+        if not path.is_file():
+            return "missing"
+        stat = path.stat()
+        return _file_sha256_cached(path.resolve(), stat.st_mtime_ns, stat.st_size)
+    if spec.hub is not None and split in spec.hub.splits:
+        name = spec.hub.name.format(language=language) if spec.hub.name else ""
+        return f"hub:{spec.hub.path}/{name}/{spec.hub.splits[split]}"
+    return "missing"
 
 
 def _rows(path: Path, source: LocalSource) -> Iterator[tuple[int, Any]]:
