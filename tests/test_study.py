@@ -205,3 +205,26 @@ def test_edited_task_or_replaced_data_file_changes_exactly_the_affected_nodes(ti
     assert rekeyed() == set()
     train_file.write_text(train_file.read_text().replace("a", "b", 1))
     assert rekeyed() == mine
+
+
+def test_two_drivers_on_one_directory_compute_every_node_once(tiny_model_dir, shared_data_dir, tmp_path):
+    """Two `xstilts study` processes started together on one output directory: each node is trained or
+    scored by one of them (the other waits on its lock and reads the result), and both write the same table."""
+    spec_file = tmp_path / "study.yaml"
+    spec_file.write_text(yaml.safe_dump(_spec(tiny_model_dir, shared_data_dir, [SNLI])))
+    command = [sys.executable, "-m", "xstilts.cli", "study", str(spec_file), "--output", str(tmp_path / "out")]
+    drivers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for _ in range(2)]
+    logs = [driver.communicate(timeout=600)[0] for driver in drivers]
+    assert [driver.returncode for driver in drivers] == [0, 0], logs
+    both = "".join(logs)
+    # every training phase evaluates on dev at its last step once; every evaluation scores 'en' once
+    assert both.count("intermediate snli cap 64 seed 3: step 4 dev") == 1
+    assert both.count("target mnli after baseline seed 3: step 6 dev") == 1
+    assert both.count("target mnli after snli seed 3: step 6 dev") == 1
+    assert both.count("eval xnli/dev en:") == 2
+    clean = tmp_path / "clean"
+    run_study(StudySpec(**_spec(tiny_model_dir, shared_data_dir, [SNLI])), clean)
+    results = pd.read_csv(tmp_path / "out" / "results.csv")
+    pd.testing.assert_frame_equal(results.drop(columns="predictions"),
+                                  pd.read_csv(clean / "results.csv").drop(columns="predictions"))

@@ -42,9 +42,15 @@ def environment() -> dict:
             "cpu_count": os.cpu_count(), "argv": sys.argv}
 
 
-def write_json(path: Path, data: object) -> None:
-    """Write JSON atomically (temp file, then rename)."""
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write a file so that readers see the old or the new content, never part of it (a temp file of this
+    process, then rename): safe with several processes writing the same path."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False, default=str))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def write_json(path: Path, data: object) -> None:
+    """Write JSON atomically."""
+    write_text_atomically(path, json.dumps(data, indent=1, ensure_ascii=False, default=str))

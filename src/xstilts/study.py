@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import csv
 import functools
+import io
 import json
 import sys
 import time
 from pathlib import Path
 
+from filelock import FileLock
+
 from xstilts.config import EvalData, TaskData, TrainConfig
 from xstilts.errors import XstiltsError
 from xstilts.executors import make_executor
 from xstilts.graph import Graph, Node, build_graph, node_dir
-from xstilts.manifest import environment, write_json
+from xstilts.manifest import environment, write_json, write_text_atomically
 from xstilts.memory import peak_rss_mb
 from xstilts.phases import Context, check_plan, eval_node, is_done, read_result, train_node
 from xstilts.pipeline import resolve_data_dir
@@ -38,10 +41,21 @@ def _context(spec: StudySpec, precision: str) -> Context:
 
 
 def run_node(study_dir: Path, spec_json: str, node: Node) -> dict:
-    """Compute one node (a module-level function, so process pools and cluster executors can ship it)."""
+    """Compute one node, or read it when another process has (a module-level function, so process pools and
+    cluster executors can ship it)."""
+    out = node_dir(study_dir, node)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # One process computes a node; another (a second driver, a retried worker) waits, then reads its result.
+    # The lock is the OS's (flock): a killed holder releases it.
+    with FileLock(out.with_name(out.name + ".lock")):
+        if is_done(out):
+            return read_result(out)
+        return _compute_node(study_dir, spec_json, node, out)
+
+
+def _compute_node(study_dir: Path, spec_json: str, node: Node, out: Path) -> dict:
     spec = StudySpec.model_validate_json(spec_json)
     ctx = _context(spec, node.config["precision"])
-    out = node_dir(study_dir, node)
     parents = [study_dir / "nodes" / name for name in node.parents]
     config = node.config
     if node.kind == "eval":
@@ -182,13 +196,12 @@ def write_results(spec: StudySpec, graph: Graph, study_dir: Path) -> Path:
                 "predictions": str(Path("nodes") / use.eval / "predictions" / f"{language}.csv"),
             })
     path = study_dir / "results.csv"
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, RESULT_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
-    (study_dir / "results.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    table = io.StringIO()
+    writer = csv.DictWriter(table, RESULT_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomically(path, table.getvalue())
+    write_text_atomically(study_dir / "results.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
     return path
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from xstilts.errors import XstiltsError
-from xstilts.manifest import write_json
+from xstilts.manifest import write_json, write_text_atomically
 from xstilts.report.analysis import analyse
 from xstilts.report.summary import report_json
 from xstilts.report.document import build_document, main_table
@@ -38,10 +38,10 @@ def write_report(study_dir: Path, output_dir: Path | None = None) -> Path:
     write_plots(analysis, output_dir)
     title = f"X-STILTs study report: {protocol.study.get('name') or study_dir.resolve().name}"
     blocks = build_document(analysis, protocol, title)
-    (output_dir / "report.md").write_text(render_markdown(blocks), encoding="utf-8")
-    (output_dir / "report.html").write_text(render_html(blocks, title, output_dir), encoding="utf-8")
+    write_text_atomically(output_dir / "report.md", render_markdown(blocks))
+    write_text_atomically(output_dir / "report.html", render_html(blocks, title, output_dir))
     tables = [main_table(analysis, eval_set) for eval_set in results.eval_sets]
-    (output_dir / "table.tex").write_text(render_latex(tables), encoding="utf-8")
+    write_text_atomically(output_dir / "table.tex", render_latex(tables))
     analysis.cells[SUMMARY_COLUMNS].to_csv(output_dir / "summary.csv", index=False)
     write_json(output_dir / "report.json", report_json(analysis))
     return output_dir / "report.md"
