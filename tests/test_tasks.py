@@ -387,3 +387,50 @@ def test_yml_files_count_and_a_broken_file_hides_no_valid_task(tmp_path, capsys)
     with pytest.raises(XstiltsError) as excinfo:
         registry.get("goood")
     one_line_error(excinfo, "did you mean 'good'?", f"1 task file(s) could not be read: {broken}")
+
+
+# --- text that is not what it seems: encodings, NUL bytes, nulls, odd rows ------------------------------------
+
+
+def test_byte_order_mark_is_read_as_such(tmp_path):
+    spec = _pairs_spec(tmp_path, header=True)
+    _write(tmp_path / "data" / "pairs.tsv", "\ufeffpremise\thypothesis\tlabel\na\tb\tneutral\n")
+    assert read_split(spec, "dev", "en", tmp_path / "data").examples == [Example("a", "b", 1)]
+
+
+@pytest.mark.parametrize(("fmt", "content", "parts"), [
+    ("tsv", b"premise\thypothesis\tlabel\na\tb\tneutral\nc\xff\td\tneutral\n", [":3:", "not UTF-8 text", "column 2"]),
+    ("jsonl", b'{"premise": "a", "hypothesis": "b", "label": "neutral"}\n{"premise": "\xc3"}\n', [":2:", "not UTF-8"]),
+    ("tsv", b"premise\thypothesis\tlabel\na\x00\tb\tneutral\n", [":2:", "field 'text_a' holds a NUL byte"]),
+    ("jsonl", b'{"premise": null, "hypothesis": "b", "label": "neutral"}\n', [":1:", "field 'premise' is null"]),
+    ("json", b"42", ["expected a JSON object or array of records, found int"]),
+], ids=["bad-utf8-tsv", "bad-utf8-jsonl", "nul-byte", "json-null", "json-number"])
+def test_text_that_is_not_text_is_named(tmp_path, fmt, content, parts):
+    spec = _pairs_spec(tmp_path, fmt=fmt, header=True)
+    path = tmp_path / "data" / f"pairs.{fmt}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    with pytest.raises(XstiltsError) as excinfo:
+        read_split(spec, "dev", "en", tmp_path / "data")
+    one_line_error(excinfo, str(path), *parts)
+
+
+def test_extra_fields_and_runaway_quotes_are_read_with_a_warning(tmp_path, capsys):
+    spec = _pairs_spec(tmp_path, header=True)
+    path = _write(tmp_path / "data" / "pairs.tsv", "premise\thypothesis\tlabel\na\tb\tneutral\tstray\nc\td\tneutral\n")
+    assert len(read_split(spec, "dev", "en", tmp_path / "data").examples) == 2
+    assert f"xstilts: warning: {path}:2: more fields than the header names; the extra fields of 1 row(s)" \
+        in capsys.readouterr().err
+    spec = _pairs_spec(tmp_path, fmt="csv", header=True)
+    path = _write(tmp_path / "data" / "pairs.csv",
+                  'premise,hypothesis,label\na,b,neutral\n"c,d,neutral\ne,f,neutral\ng",h,neutral\ni,j,neutral\n')
+    assert len(read_split(spec, "dev", "en", tmp_path / "data").examples) == 3  # the quote swallowed two rows
+    assert f"xstilts: warning: {path}:3: 1 record(s) run over several lines" in capsys.readouterr().err
+
+
+def test_unknown_placeholder_in_file_names_is_named(tmp_path):
+    path = _task_yaml(tmp_path, **{**GOOD_TASK, "local": "{format: tsv, files: {train: 'x-{lang}.tsv'}, "
+                                                         "columns: {text_a: 0, label: 1}}"})
+    with pytest.raises(XstiltsError) as excinfo:
+        load_registry([path.parent]).get("t")
+    one_line_error(excinfo, str(path), "unknown placeholder {lang}", "the only one is {language}")

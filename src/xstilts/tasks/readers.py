@@ -6,6 +6,7 @@ import csv
 import functools
 import hashlib
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -59,24 +60,33 @@ def input_fingerprint(spec: TaskSpec, split: str, language: str, data_dir: Path 
     return "missing"
 
 
-def _rows(path: Path, source: LocalSource) -> Iterator[tuple[int, Any]]:
-    """Yield (1-based row number in the file, raw row) for each record of a local file."""
+def _rows(path: Path, source: LocalSource, odd: dict[str, list[int]]) -> Iterator[tuple[int, Any]]:
+    """Yield (1-based line number in the file, raw row) for each record of a local file. A UTF-8 byte-order
+    mark is read as such; the line numbers of rows with more fields than the header (`odd['extra']`) and of
+    records that run over several lines (`odd['multiline']`, a quoted field with line breaks, or an unclosed
+    quote) are noted for a warning."""
     if source.format in ("tsv", "csv"):
-        with open(path, encoding="utf-8", newline="") as handle:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
             if source.format == "tsv":
                 reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
             else:
                 reader = csv.reader(handle)
             header: list[str] | None = None
-            for number, row in enumerate(reader, start=1):
+            line = 1
+            for row in reader:
+                number, line = line, reader.line_num + 1
                 if not row:
                     continue
+                if reader.line_num > number:
+                    odd["multiline"].append(number)
                 if source.header and header is None:
                     header = row
                     continue
+                if header and len(row) > len(header):
+                    odd["extra"].append(number)
                 yield number, (dict(zip(header, row)) if header else row, len(header) if header else None)
     elif source.format == "jsonl":
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8-sig") as handle:
             for number, line in enumerate(handle, start=1):
                 if line.strip():
                     try:
@@ -85,12 +95,24 @@ def _rows(path: Path, source: LocalSource) -> Iterator[tuple[int, Any]]:
                         raise XstiltsError(f"{path}:{number}: invalid JSON ({error.msg})") from None
     else:
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
         except json.JSONDecodeError as error:
             raise XstiltsError(f"{path}:{error.lineno}: invalid JSON ({error.msg})") from None
+        if not isinstance(data, (dict, list)):
+            raise XstiltsError(f"{path}: expected a JSON object or array of records, found {type(data).__name__}")
         records = data.values() if isinstance(data, dict) else data
         for number, record in enumerate(records, start=1):
             yield number, (record, None)
+
+
+def _first_bad_line(path: Path) -> tuple[int, str]:
+    """The first line of a file that is not UTF-8, and why."""
+    for number, line in enumerate(path.read_bytes().split(b"\n"), start=1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as error:
+            return number, f"byte {line[error.start:error.start + 1]!r} at column {error.start + 1}"
+    return 0, "unknown position"
 
 
 def _field(path: Path, number: int, row: Any, width: int | None, column: str | int) -> str:
@@ -105,7 +127,17 @@ def _field(path: Path, number: int, row: Any, width: int | None, column: str | i
         raise XstiltsError(f"{path}:{number}: expected {width} columns, found {len(row)}")
     if not isinstance(row, dict) or column not in row:
         raise XstiltsError(f"{path}:{number}: missing field {column!r}")
-    return row[column]
+    value = row[column]
+    if value is None:
+        raise XstiltsError(f"{path}:{number}: field {column!r} is null")
+    return value
+
+
+def _checked_text(path: Path, number: int, name: str, value: Any) -> Any:
+    """A field's value, refused when it holds a NUL byte (binary data, not text)."""
+    if isinstance(value, str) and "\x00" in value:
+        raise XstiltsError(f"{path}:{number}: field {name!r} holds a NUL byte (binary data?)")
+    return value
 
 
 def _to_example(
@@ -129,14 +161,25 @@ def read_local(spec: TaskSpec, split: str, language: str, data_dir: Path) -> Spl
     path = data_dir / source.files[split].format(language=language)
     if path.stat().st_size == 0:
         raise XstiltsError(f"{path}: empty file")
-    examples, skipped = [], 0
-    for number, (row, width) in _rows(path, source):
-        fields = {name: _field(path, number, row, width, column) for name, column in source.columns.items()}
-        example = _to_example(spec, source.label_map, source.columns, f"{path}:{number}", fields)
-        if example is None:
-            skipped += 1
-        else:
-            examples.append(example)
+    examples, skipped, odd = [], 0, {"extra": [], "multiline": []}
+    try:
+        for number, (row, width) in _rows(path, source, odd):
+            fields = {name: _checked_text(path, number, name, _field(path, number, row, width, column))
+                      for name, column in source.columns.items()}
+            example = _to_example(spec, source.label_map, source.columns, f"{path}:{number}", fields)
+            if example is None:
+                skipped += 1
+            else:
+                examples.append(example)
+    except UnicodeDecodeError:
+        line, where = _first_bad_line(path)
+        raise XstiltsError(f"{path}:{line}: not UTF-8 text ({where})") from None
+    if odd["extra"]:
+        print(f"xstilts: warning: {path}:{odd['extra'][0]}: more fields than the header names; the extra fields "
+              f"of {len(odd['extra'])} row(s) were ignored", file=sys.stderr)
+    if odd["multiline"]:
+        print(f"xstilts: warning: {path}:{odd['multiline'][0]}: {len(odd['multiline'])} record(s) run over several "
+              "lines (quoted line breaks, or an unclosed quote swallowing rows); check the file", file=sys.stderr)
     if not examples:
         raise XstiltsError(f"{path}: no labelled examples")
     return SplitData(spec.name, split, language, examples, str(path), file_sha256(path), skipped, spec.labels)

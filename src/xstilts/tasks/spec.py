@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,6 +25,16 @@ class LocalSource(StrictModel):
     header: bool = True
     columns: dict[str, str | int]
     label_map: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _placeholders(self) -> LocalSource:
+        for split, template in self.files.items():
+            names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+            if names - {"language"}:
+                unknown = ", ".join("{" + name + "}" for name in sorted(names - {"language"}))
+                raise ValueError(f"files.{split}: unknown placeholder {unknown} in {template!r}; the only one is "
+                                 "{language}")
+        return self
 
 
 class HubSource(StrictModel):
