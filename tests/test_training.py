@@ -681,3 +681,26 @@ def test_free_heap_is_returned_to_the_os():
     assert grown > 60 and freed > 60 and kept > 60  # glibc's default: 64 MiB freed, still resident
     grown, freed, kept = resident_growth("release")
     assert grown > 60 and freed > 60 and kept < 12  # after release: only the block still in use
+
+
+def test_a_bad_byte_in_an_evaluation_file_stops_the_run_before_training(tmp_path, tiny_model_dir, shared_data_dir):
+    """A user XNLI language whose test file has a bad byte: the run stops before its target phase, and the
+    corrected config then runs in the same directory."""
+    folder = tmp_path / "tasks"
+    bad = tmp_path / "xnli-my.tsv"
+    good = (shared_data_dir / "xnli" / "test-en.tsv").read_bytes().splitlines(keepends=True)[:20]
+    bad.write_bytes(b"".join(good[:7]) + b"\xff\xfe broken\tline\tneutral\n" + b"".join(good[7:]))
+    folder.mkdir()
+    (folder / "xnli-my.yaml").write_text(yaml.safe_dump({
+        "name": "xnli-my", "labels": NLI, "languages": ["my"],
+        "local": {"format": "tsv", "header": False, "files": {"test": str(bad)},
+                  "columns": {"text_a": 0, "text_b": 1, "label": 2}}}))
+    config = {**_quick_config(tiny_model_dir, shared_data_dir, [{"task": "xnli-my"}]), "task_dirs": [str(folder)]}
+    output = tmp_path / "run"
+    with pytest.raises(XstiltsError) as excinfo:
+        run(parse_config(config, "test"), output)
+    assert str(excinfo.value) == f"{bad}:8: not UTF-8 text (byte b'\\xff' at column 1)"
+    assert not output.exists()  # no phase started, and nothing blocks the corrected rerun
+    bad.write_bytes(b"".join(good))
+    run(parse_config(config, "test"), output)
+    assert (output / "target" / "DONE").exists()

@@ -26,7 +26,7 @@ from xstilts.manifest import write_json
 from xstilts.memory import peak_rss_mb, release_free_heap
 from xstilts.model import HEADS_FILE, MultiHeadModel, load_checkpoint, load_encoder, load_trained
 from xstilts.precision import pick_device, resolve_precision
-from xstilts.tasks.readers import SplitData, check_available, read_split
+from xstilts.tasks.readers import SplitData, check_available, read_split, reads_local
 from xstilts.tasks.registry import TaskRegistry
 from xstilts.vocab import VocabTrim
 from xstilts.training import BEST_DIR, CHECKPOINT_DIR, TrainTask, train_phase
@@ -87,8 +87,10 @@ class Context:
 
 def check_plan(registry: TaskRegistry, data_dir: Path | None, training: list[TaskData], target: str,
                evaluate: list[EvalData]) -> None:
-    """Before any phase starts: every task, split, language and local file exists, and every evaluation
-    task has the target head's label set."""
+    """Before any phase starts: every task, split, language and local file exists and every local file is
+    read through (decoded and parsed: a bad byte in an evaluation file stops the run before training, not
+    after), and every evaluation task has the target head's label set. Hub sources are checked, not read."""
+    seen = set()
     for data in [*training, *evaluate]:
         spec = registry.get(data.task)
         splits = [data.split]
@@ -97,6 +99,10 @@ def check_plan(registry: TaskRegistry, data_dir: Path | None, training: list[Tas
         for split in splits:
             for language in data.languages or spec.languages:
                 check_available(spec, split, language, data_dir, data.source)
+                key = (data.task, split, language, data.source)
+                if reads_local(spec, data_dir, data.source) and key not in seen:
+                    seen.add(key)
+                    read_split(spec, split, language, data_dir, data.source)
     labels = registry.get(target).labels
     for data in evaluate:
         if registry.get(data.task).labels != labels:

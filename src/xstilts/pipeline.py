@@ -49,8 +49,8 @@ def _claim_output(config: RunConfig, output: Path) -> None:
 def run(config: RunConfig, output: Path) -> dict:
     """Run every phase of `config` into `output` (finished phases are skipped, interrupted ones resume)."""
     started = time.perf_counter()
+    ctx = make_context(config)  # checks every input first: a failed check leaves nothing behind
     _claim_output(config, output)
-    ctx = make_context(config)
     metrics: dict = {}
     parent = None
     if config.intermediate:

@@ -48,7 +48,7 @@ def _file_sha256_cached(path: Path, modified_ns: int, size: int) -> str:
 def input_fingerprint(spec: TaskSpec, split: str, language: str, data_dir: Path | None, source: str = "auto") -> str:
     """What reading a split depends on besides the spec: the local file's SHA-256 ('missing' if absent), or
     the Hub address (Hub content is versioned by the Hub, not hashed here)."""
-    if _reads_local(spec, data_dir, source) and split in spec.local.files and data_dir is not None:
+    if reads_local(spec, data_dir, source) and split in spec.local.files and data_dir is not None:
         path = data_dir / spec.local.files[split].format(language=language)
         if not path.is_file():
             return "missing"
@@ -208,7 +208,7 @@ def read_hub(spec: TaskSpec, split: str, language: str) -> SplitData:
     return SplitData(spec.name, split, language, examples, where, fingerprint, skipped, spec.labels)
 
 
-def _reads_local(spec: TaskSpec, data_dir: Path | None, source: str) -> bool:
+def reads_local(spec: TaskSpec, data_dir: Path | None, source: str) -> bool:
     """Whether a read uses the local files (else the Hub)."""
     return spec.local is not None and source != "hub" and (data_dir is not None or source == "local")
 
@@ -217,7 +217,7 @@ def check_available(spec: TaskSpec, split: str, language: str, data_dir: Path | 
     """Fail early, before any training, if a split/language does not exist or its local file is missing."""
     if language not in spec.languages:
         raise XstiltsError(f"task {spec.name!r} has no language {language!r} (has {', '.join(spec.languages)})")
-    if _reads_local(spec, data_dir, source):
+    if reads_local(spec, data_dir, source):
         if split not in spec.local.files:
             raise XstiltsError(f"task {spec.name!r} has no local split {split!r} (has {', '.join(spec.local.files)})")
         if data_dir is None:
@@ -235,6 +235,6 @@ def read_split(spec: TaskSpec, split: str, language: str, data_dir: Path | None,
     """Read a split: from local files when the task has them and a data directory is set (or source
     'local'), else (or with source 'hub') from the Hugging Face Hub."""
     check_available(spec, split, language, data_dir, source)
-    if _reads_local(spec, data_dir, source):
+    if reads_local(spec, data_dir, source):
         return read_local(spec, split, language, data_dir)
     return read_hub(spec, split, language)
