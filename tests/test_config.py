@@ -197,10 +197,8 @@ def test_cli_missing_data_file(tmp_path, capsys, tiny_model_dir):
                  "--model", str(tiny_model_dir), "--seed", "5"])
     assert code == 2
     _cli_error(capsys, str(data_dir / "glue" / "MNLI" / "train.json"), "not found", "'mnli'")
-    # the overrides are recorded in the run directory's config
-    written = load_config(tmp_path / "out" / "config.yaml")
-    assert (written.data_dir, written.model, written.seed) == (str(data_dir), str(tiny_model_dir), 5)
-    assert not (tmp_path / "out" / "target" / "DONE").exists()
+    # the failed check left nothing behind that would refuse the corrected rerun
+    assert not (tmp_path / "out").exists()
 
 
 def test_cli_missing_data_folder(tmp_path, capsys):
@@ -244,3 +242,36 @@ def test_cli_bad_workers_and_output_file(tmp_path, capsys):
     output.write_text("")
     assert main(["study", str(study), "--output", str(output)]) == 2
     _cli_error(capsys, str(output), "--output names a file")
+
+
+@pytest.mark.parametrize("model", ["missing-dir", "garbage-dir", "empty-dir"])
+def test_a_model_that_cannot_load_is_one_line_before_training(tmp_path, shared_data_dir, model):
+    from xstilts.phases import Context
+    from xstilts.tasks import load_registry
+
+    path = tmp_path / model
+    if model != "missing-dir":
+        path.mkdir()
+    if model == "garbage-dir":
+        (path / "config.json").write_text("{not json")
+    with pytest.raises(XstiltsError) as excinfo:
+        Context.create(str(path), load_registry(), shared_data_dir, 128, "fp32")
+    one_line_error(excinfo, str(path), "cannot load this model")
+
+
+def test_max_length_beyond_the_model_is_refused(tiny_model_dir, shared_data_dir):
+    from xstilts.phases import Context
+    from xstilts.tasks import load_registry
+
+    with pytest.raises(XstiltsError) as excinfo:
+        Context.create(str(tiny_model_dir), load_registry(), shared_data_dir, 100_000, "fp32")
+    one_line_error(excinfo, "max_length 100000 exceeds what", "(512 pieces)")
+
+
+def test_cli_os_errors_are_one_line(tmp_path, capsys, shared_data_dir):
+    """An output folder that cannot be created (here: under a file) is one line, not a traceback."""
+    study = Path(__file__).resolve().parents[1] / "studies" / "lowres-vs-english-pilot.yaml"
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["study", str(study), "--data-dir", str(shared_data_dir), "--output", str(blocker / "out")]) == 2
+    _cli_error(capsys, str(blocker / "out"), "Not a directory")

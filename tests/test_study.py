@@ -228,3 +228,17 @@ def test_two_drivers_on_one_directory_compute_every_node_once(tiny_model_dir, sh
     results = pd.read_csv(tmp_path / "out" / "results.csv")
     pd.testing.assert_frame_equal(results.drop(columns="predictions"),
                                   pd.read_csv(clean / "results.csv").drop(columns="predictions"))
+
+
+def test_done_marker_without_a_readable_result_is_computed_again(tmp_path, capsys):
+    from xstilts.phases import DONE_FILE, RESULT_FILE, is_done
+
+    node = tmp_path / "node"
+    node.mkdir()
+    (node / DONE_FILE).write_text("")
+    (node / RESULT_FILE).write_text('{"kind": "ev')  # truncated
+    assert not is_done(node) and not (node / DONE_FILE).exists()
+    assert f"xstilts: warning: {node}: DONE without a readable result.json" in capsys.readouterr().err
+    (node / RESULT_FILE).write_text('{"kind": "eval"}')
+    (node / DONE_FILE).write_text("")
+    assert is_done(node)

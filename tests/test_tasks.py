@@ -200,9 +200,12 @@ def test_user_task_without_header_uses_column_indices(tmp_path):
 def test_user_task_via_environment_and_override_order(tmp_path, monkeypatch):
     first = _user_task_folder(tmp_path, header=True, name="first")
     second = _user_task_folder(tmp_path, header=False, name="second")
+    for folder in (first, second):
+        with open(folder / "toy.yaml", "a") as handle:
+            handle.write("override: true\n")  # a name defined twice needs this
     # a user folder may also override a built-in task
-    _write(second / "mnli.yaml", "name: mnli\nlabels: [same, different]\nlocal: {format: jsonl, files: {train: m.jsonl},"
-                                 " columns: {text_a: a, label: l}}\n")
+    _write(second / "mnli.yaml", "name: mnli\noverride: true\nlabels: [same, different]\nlocal: {format: jsonl, "
+                                 "files: {train: m.jsonl}, columns: {text_a: a, label: l}}\n")
     monkeypatch.setenv("XSTILTS_TASK_DIRS", os.pathsep.join([str(first), str(second)]))
     registry = load_registry()
     assert registry.get("toy-sentiment").local.header is False  # the later folder wins
@@ -434,3 +437,29 @@ def test_unknown_placeholder_in_file_names_is_named(tmp_path):
     with pytest.raises(XstiltsError) as excinfo:
         load_registry([path.parent]).get("t")
     one_line_error(excinfo, str(path), "unknown placeholder {lang}", "the only one is {language}")
+
+
+def test_a_task_defined_twice_needs_an_explicit_override(tmp_path):
+    first = _user_task_folder(tmp_path, name="first")
+    second = _user_task_folder(tmp_path, header=False, name="second")
+    with pytest.raises(XstiltsError) as excinfo:
+        load_registry([first, second])
+    one_line_error(excinfo, str(second / "toy.yaml"), f"'toy-sentiment' is already defined in {first / 'toy.yaml'}",
+                   "override: true")
+
+
+def test_relative_file_names_stay_inside_the_data_folder(tmp_path):
+    data_dir = tmp_path / "data"
+    outside = _write(tmp_path / "outside.tsv", "premise\thypothesis\tlabel\na\tb\tneutral\n")
+    for files, ok in (("{dev: ../outside.tsv}", False), (f"{{dev: '{outside}'}}", True)):
+        path = _write(tmp_path / "tasks" / "pairs.yaml", NLI_TSV_TASK.format(
+            format="tsv", header="true", columns="{text_a: premise, text_b: hypothesis, label: label}")
+            .replace("{dev: pairs.tsv}", files))
+        spec = load_registry([path.parent]).get("pairs")
+        data_dir.mkdir(exist_ok=True)
+        if ok:
+            assert read_split(spec, "dev", "en", data_dir).examples == [Example("a", "b", 1)]
+        else:
+            with pytest.raises(XstiltsError) as excinfo:
+                read_split(spec, "dev", "en", data_dir)
+            one_line_error(excinfo, "'../outside.tsv' is outside the data folder", "give an absolute path")

@@ -126,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     except XstiltsError as error:
         print(f"xstilts: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # a read-only or full disk, a file where a folder should be, ...
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"xstilts: error: {where}{error.strerror or error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from xstilts.config import EvalData, TaskData, TrainConfig
 from xstilts.cpu import CpuThreads
@@ -58,7 +58,18 @@ class Context:
         """Resolve the model (converting the embedded one on first use) and load its tokenizer."""
         path = resolve_model(model)
         device = pick_device()
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        try:
+            config = AutoConfig.from_pretrained(path)
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError, KeyError) as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise XstiltsError(f"{model}: cannot load this model (no such directory, an unknown Hub name, or "
+                               f"missing or damaged files): {first}") from None
+        positions = getattr(config, "max_position_embeddings", None)
+        if positions:
+            limit = positions - 2 if config.model_type in ("xlm-roberta", "roberta", "camembert") else positions
+            if max_length > limit:
+                raise XstiltsError(f"max_length {max_length} exceeds what {model} can encode ({limit} pieces)")
         return cls(path, registry, data_dir, max_length, resolve_precision(precision, device), device, tokenizer,
                    pooling)
 
@@ -111,8 +122,18 @@ def check_plan(registry: TaskRegistry, data_dir: Path | None, training: list[Tas
 
 
 def is_done(directory: Path) -> bool:
-    """Whether a phase directory holds a finished result."""
-    return (directory / DONE_FILE).exists()
+    """Whether a phase directory holds a finished result. A DONE marker without a readable result.json
+    (deleted, truncated) is removed with a warning, so that the phase is computed again."""
+    if not (directory / DONE_FILE).exists():
+        return False
+    try:
+        json.loads((directory / RESULT_FILE).read_text(encoding="utf-8"))
+        return True
+    except (OSError, ValueError):
+        print(f"xstilts: warning: {directory}: DONE without a readable {RESULT_FILE}; computing this phase again",
+              file=sys.stderr)
+        (directory / DONE_FILE).unlink(missing_ok=True)
+        return False
 
 
 def _finish(directory: Path, result: dict) -> dict:

@@ -40,6 +40,19 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def local_path(spec: TaskSpec, split: str, language: str, data_dir: Path) -> Path:
+    """The local file of a split and language: a relative name inside the data folder (a `..` that leaves it
+    is refused), or an absolute path, which reads that file wherever it is."""
+    name = Path(spec.local.files[split].format(language=language)).expanduser()
+    if name.is_absolute():
+        return name
+    path = data_dir / name
+    if not path.resolve().is_relative_to(data_dir.resolve()):
+        raise XstiltsError(f"task {spec.name!r}: file {str(name)!r} is outside the data folder {data_dir}; give an "
+                           "absolute path to read a file elsewhere")
+    return path
+
+
 @functools.lru_cache(maxsize=1024)
 def _file_sha256_cached(path: Path, modified_ns: int, size: int) -> str:
     return file_sha256(path)
@@ -49,7 +62,7 @@ def input_fingerprint(spec: TaskSpec, split: str, language: str, data_dir: Path 
     """What reading a split depends on besides the spec: the local file's SHA-256 ('missing' if absent), or
     the Hub address (Hub content is versioned by the Hub, not hashed here)."""
     if reads_local(spec, data_dir, source) and split in spec.local.files and data_dir is not None:
-        path = data_dir / spec.local.files[split].format(language=language)
+        path = local_path(spec, split, language, data_dir)
         if not path.is_file():
             return "missing"
         stat = path.stat()
@@ -158,7 +171,7 @@ def read_local(spec: TaskSpec, split: str, language: str, data_dir: Path) -> Spl
     """Read a split from the task's local files under `data_dir`."""
     check_available(spec, split, language, data_dir, "local")
     source = spec.local
-    path = data_dir / source.files[split].format(language=language)
+    path = local_path(spec, split, language, data_dir)
     if path.stat().st_size == 0:
         raise XstiltsError(f"{path}: empty file")
     examples, skipped, odd = [], 0, {"extra": [], "multiline": []}
@@ -222,7 +235,7 @@ def check_available(spec: TaskSpec, split: str, language: str, data_dir: Path | 
             raise XstiltsError(f"task {spec.name!r} has no local split {split!r} (has {', '.join(spec.local.files)})")
         if data_dir is None:
             raise XstiltsError(f"task {spec.name!r}: source 'local' needs --data-dir or XSTILTS_DATA_DIR")
-        path = data_dir / spec.local.files[split].format(language=language)
+        path = local_path(spec, split, language, data_dir)
         if not path.is_file():
             raise XstiltsError(f"{path}: file not found (task {spec.name!r}, split {split!r}, language {language!r})")
     elif spec.hub is None:

@@ -88,6 +88,7 @@ def load_registry(extra_dirs: list[Path] | None = None) -> TaskRegistry:
     folders += [Path(p) for p in os.environ.get("XSTILTS_TASK_DIRS", "").split(os.pathsep) if p]
     folders += list(extra_dirs or [])
     registry = TaskRegistry({})
+    defined_in: dict[str, Path] = {}
     for folder in folders:
         if not folder.is_dir():
             raise XstiltsError(f"{folder}: task folder not found")
@@ -100,5 +101,8 @@ def load_registry(extra_dirs: list[Path] | None = None) -> TaskRegistry:
                 registry.broken[path] = str(error)
                 print(f"xstilts: warning: skipped task file {error}", file=sys.stderr)
                 continue
-            registry.tasks[spec.name] = spec
+            if spec.name in defined_in and not spec.override:
+                raise XstiltsError(f"{path}: task {spec.name!r} is already defined in {defined_in[spec.name]}; set "
+                                   "`override: true` to replace it, or rename it")
+            registry.tasks[spec.name], defined_in[spec.name] = spec, path
     return registry

@@ -56,6 +56,7 @@ class TaskSpec(StrictModel):
     labels: list[str]
     languages: list[str] = Field(default_factory=lambda: ["en"])
     skip_labels: list[str] = Field(default_factory=list)
+    override: bool = Field(default=False, description="replace a task of the same name from an earlier folder")
     parallel: bool = Field(default=False, description="the languages are translations of the same items, row by "
                                                       "row (XNLI): the report resamples items jointly")
     local: LocalSource | None = None
