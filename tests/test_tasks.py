@@ -463,3 +463,14 @@ def test_relative_file_names_stay_inside_the_data_folder(tmp_path):
             with pytest.raises(XstiltsError) as excinfo:
                 read_split(spec, "dev", "en", data_dir)
             one_line_error(excinfo, "'../outside.tsv' is outside the data folder", "give an absolute path")
+
+
+def test_home_and_variables_are_expanded_in_task_folders_and_file_names(tmp_path, monkeypatch):
+    monkeypatch.setenv("MY_DATA", str(tmp_path / "elsewhere"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    _write(tmp_path / "elsewhere" / "pairs.tsv", "premise\thypothesis\tlabel\na\tb\tneutral\n")
+    _write(tmp_path / "tasks" / "pairs.yaml", NLI_TSV_TASK.format(
+        format="tsv", header="true", columns="{text_a: premise, text_b: hypothesis, label: label}")
+        .replace("{dev: pairs.tsv}", "{dev: $MY_DATA/pairs.tsv}"))
+    spec = load_registry([Path("~/tasks")]).get("pairs")
+    assert read_split(spec, "dev", "en", tmp_path).examples == [Example("a", "b", 1)]

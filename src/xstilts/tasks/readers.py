@@ -6,6 +6,7 @@ import csv
 import functools
 import hashlib
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,9 +42,9 @@ def file_sha256(path: Path) -> str:
 
 
 def local_path(spec: TaskSpec, split: str, language: str, data_dir: Path) -> Path:
-    """The local file of a split and language: a relative name inside the data folder (a `..` that leaves it
-    is refused), or an absolute path, which reads that file wherever it is."""
-    name = Path(spec.local.files[split].format(language=language)).expanduser()
+    """The local file of a split and language (`~` and `$VARS` expanded): a relative name inside the data
+    folder (a `..` that leaves it is refused), or an absolute path, which reads that file wherever it is."""
+    name = Path(os.path.expandvars(spec.local.files[split].format(language=language))).expanduser()
     if name.is_absolute():
         return name
     path = data_dir / name

@@ -86,7 +86,7 @@ def load_registry(extra_dirs: list[Path] | None = None) -> TaskRegistry:
     files. An unreadable user task file is reported on stderr and skipped (a broken built-in is an error)."""
     folders = [BUILTIN_DIR]
     folders += [Path(p) for p in os.environ.get("XSTILTS_TASK_DIRS", "").split(os.pathsep) if p]
-    folders += list(extra_dirs or [])
+    folders += [Path(os.path.expandvars(str(folder))).expanduser() for folder in extra_dirs or []]
     registry = TaskRegistry({})
     defined_in: dict[str, Path] = {}
     for folder in folders:
