@@ -44,6 +44,14 @@ def _report(args: argparse.Namespace) -> None:
     print(write_report(args.study_dir, args.output))
 
 
+def _evaluate(args: argparse.Namespace) -> None:
+    from xstilts.config import EvalData
+    from xstilts.evaluate import evaluate
+
+    data = EvalData(task=args.task, split=args.split, languages=args.languages, max_examples=args.max_examples)
+    print(evaluate(args.target, data))
+
+
 def _plan(args: argparse.Namespace) -> None:
     from xstilts.plan import plan_study
     from xstilts.study_spec import load_study
@@ -102,6 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("study_dir", type=Path)
     report.add_argument("--output", type=Path, help="report folder (default: STUDY_DIR/report)")
     report.set_defaults(handler=_report)
+    evaluate = commands.add_parser("evaluate", help="score a finished run or study on another evaluation set "
+                                                    "(nothing is trained)")
+    evaluate.add_argument("target", type=Path, help="a run directory or a study directory")
+    evaluate.add_argument("--task", required=True, help="the evaluation task (see the task folders)")
+    evaluate.add_argument("--split", default="test", choices=["train", "dev", "test"])
+    evaluate.add_argument("--languages", nargs="+", help="languages (default: all of the task's)")
+    evaluate.add_argument("--max-examples", type=_positive, help="a fixed subsample per language")
+    evaluate.set_defaults(handler=_evaluate)
     plan = commands.add_parser("plan", help="seeds a study needs for an effect, and its wall time, from a pilot study")
     plan.add_argument("study", type=Path, help="the study to plan (its arms, target and evaluations)")
     plan.add_argument("--pilot", type=Path, required=True, help="a finished pilot study directory (variances, timings)")

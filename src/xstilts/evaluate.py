@@ -1,0 +1,64 @@
+"""`xstilts evaluate`: score what is already trained on another evaluation set, without training anything.
+
+- a study directory: the evaluation joins the study's spec (study.json) and every arm and seed gets it through
+  the cache (only the new evaluation nodes run); results.csv and `xstilts report` include it. Add it to the
+  study YAML as well to keep it when the YAML is run again.
+- a run directory: its target model is scored into `eval-TASK-SPLIT/`; metrics.json and config.yaml gain
+  the evaluation, so the directory still describes what it holds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from xstilts.config import EvalData, load_config
+from xstilts.errors import XstiltsError
+from xstilts.manifest import write_json, write_text_atomically
+from xstilts.phases import eval_node
+from xstilts.pipeline import format_table, make_context
+from xstilts.study import run_study
+from xstilts.study_spec import StudySpec
+
+
+def _with(evaluations: list[EvalData], data: EvalData) -> list[EvalData]:
+    """The evaluations with `data` replacing any entry of the same task and split."""
+    return [e for e in evaluations if (e.task, e.split) != (data.task, data.split)] + [data]
+
+
+def evaluate_study(study_dir: Path, data: EvalData) -> Path:
+    """Add an evaluation to every arm and seed of a study; returns its results table."""
+    spec = StudySpec(**json.loads((study_dir / "study.json").read_text(encoding="utf-8")))
+    spec = spec.model_copy(update={"evaluate": _with(spec.evaluate, data)})
+    return run_study(StudySpec(**spec.model_dump()), study_dir)
+
+
+def evaluate_run(run_dir: Path, data: EvalData) -> dict:
+    """Score a finished run's target model on one more evaluation set."""
+    config = load_config(run_dir / "config.yaml")
+    if not (run_dir / "target" / "DONE").exists():
+        raise XstiltsError(f"{run_dir}: the run's target phase has not finished; run it first")
+    config = config.model_copy(update={"evaluate": _with(config.evaluate, data)})
+    ctx = make_context(config.model_copy(update={"intermediate": None}))  # checks the new evaluation's files
+    result = eval_node(ctx, run_dir / f"eval-{data.task}-{data.split}", trained=run_dir / "target",
+                       head=config.target.task.task, data=data)
+    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    metrics.setdefault("evaluation", {}).setdefault(data.task, {})[data.split] = {
+        "split": data.split, "average": result["average"],
+        **{lang: value["accuracy"] for lang, value in result["languages"].items()},
+        "n": {lang: value["n"] for lang, value in result["languages"].items()}}
+    write_json(run_dir / "metrics.json", metrics)
+    write_text_atomically(run_dir / "config.yaml", yaml.safe_dump(config.model_dump(), sort_keys=False,
+                                                                  allow_unicode=True))
+    return metrics["evaluation"]
+
+
+def evaluate(target: Path, data: EvalData) -> str:
+    """Dispatch on what `target` is; returns a line or table to print."""
+    if (target / "study.json").is_file():
+        return f"results: {evaluate_study(target, data)}"
+    if (target / "config.yaml").is_file():
+        return format_table(evaluate_run(target, data))
+    raise XstiltsError(f"{target}: neither a study directory (study.json) nor a run directory (config.yaml)")

@@ -1,0 +1,66 @@
+"""`xstilts evaluate`: a finished run or study scored on a new evaluation set, with no training phase started."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from xstilts.cli import main
+from xstilts.config import load_config, parse_config
+from xstilts.pipeline import run
+from xstilts.study import run_study
+from xstilts.study_spec import StudySpec
+
+
+def _done_marks(root: Path) -> dict[str, int]:
+    """Every phase's DONE marker and its modification time: training phases must keep theirs."""
+    return {str(path.relative_to(root)): path.stat().st_mtime_ns for path in root.rglob("DONE")}
+
+
+def test_a_finished_run_gains_an_evaluation_without_training(tmp_path, tiny_model_dir, shared_data_dir, capsys):
+    config = {"model": str(tiny_model_dir), "data_dir": str(shared_data_dir), "precision": "fp32", "max_length": 32,
+              "target": {"task": {"task": "mnli", "split": "dev", "max_examples": 16},
+                         "train": {"max_steps": 1, "batch_size": 8}},
+              "evaluate": [{"task": "xnli", "split": "dev", "languages": ["en"], "max_examples": 10}]}
+    output = tmp_path / "run"
+    run(parse_config(config, "test"), output)
+    before = _done_marks(output)
+    capsys.readouterr()
+    assert main(["evaluate", str(output), "--task", "americasnli", "--split", "dev", "--languages", "aym",
+                 "--max-examples", "12"]) == 0
+    after = _done_marks(output)
+    assert {key: after[key] for key in before} == before  # no phase was trained or scored again
+    assert set(after) - set(before) == {"eval-americasnli-dev/DONE"}
+    assert "training" not in capsys.readouterr().err.lower()
+    metrics = json.loads((output / "metrics.json").read_text())["evaluation"]
+    assert metrics["americasnli"]["dev"]["n"] == {"aym": 12} and "xnli" in metrics
+    # the run directory's config now lists the evaluation, so running it again reuses everything
+    assert [e.task for e in load_config(output / "config.yaml").evaluate] == ["xnli", "americasnli"]
+    run(load_config(output / "config.yaml"), output)
+    assert _done_marks(output) == after
+
+
+def test_a_study_gains_an_evaluation_for_every_arm_and_seed(tmp_path, tiny_model_dir, shared_data_dir):
+    spec = {"name": "tiny", "model": str(tiny_model_dir), "data_dir": str(shared_data_dir), "max_length": 64,
+            "seeds": [3, 4], "intermediate_train": {"max_steps": 2, "batch_size": 8},
+            "target": {"task": {"task": "mnli", "max_examples": 48}, "train": {"max_steps": 2, "batch_size": 8}},
+            "evaluate": [{"task": "xnli", "split": "dev", "languages": ["en"], "max_examples": 20}],
+            "arms": [{"name": "snli", "group": "english", "tasks": [{"task": "snli"}], "cap": 32}]}
+    study_dir = tmp_path / "study"
+    run_study(StudySpec(**spec), study_dir)
+    trained = {key: value for key, value in _done_marks(study_dir).items() if not key.startswith("nodes/eval-")}
+    assert main(["evaluate", str(study_dir), "--task", "americasnli", "--split", "dev", "--languages", "aym", "gn",
+                 "--max-examples", "15"]) == 0
+    after = _done_marks(study_dir)
+    assert {key: after[key] for key in trained} == trained  # no training node ran again
+    results = pd.read_csv(study_dir / "results.csv")
+    added = results[results.task == "americasnli"]
+    assert sorted(zip(added.arm, added.seed, added.language)) == sorted(
+        (arm, seed, language) for arm in ("baseline", "snli") for seed in (3, 4) for language in ("aym", "gn"))
+    assert (added.n == 15).all()
+    assert "americasnli" in yaml.safe_dump(json.loads((study_dir / "study.json").read_text()))
+    assert main(["report", str(study_dir)]) == 0
+    assert "americasnli dev" in (study_dir / "report" / "report.md").read_text()
