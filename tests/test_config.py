@@ -244,19 +244,33 @@ def test_cli_bad_workers_and_output_file(tmp_path, capsys):
     _cli_error(capsys, str(output), "--output names a file")
 
 
-@pytest.mark.parametrize("model", ["missing-dir", "garbage-dir", "empty-dir"])
+@pytest.mark.parametrize("model", ["missing-dir", "garbage-dir", "empty-dir", "bad hub name!"])
 def test_a_model_that_cannot_load_is_one_line_before_training(tmp_path, shared_data_dir, model):
     from xstilts.phases import Context
     from xstilts.tasks import load_registry
 
-    path = tmp_path / model
-    if model != "missing-dir":
+    path = tmp_path / model if model.endswith("-dir") else model
+    if model in ("garbage-dir", "empty-dir"):
         path.mkdir()
     if model == "garbage-dir":
         (path / "config.json").write_text("{not json")
     with pytest.raises(XstiltsError) as excinfo:
         Context.create(str(path), load_registry(), shared_data_dir, 128, "fp32")
     one_line_error(excinfo, str(path), "cannot load this model")
+
+
+def test_damaged_model_weights_are_one_line(tmp_path, tiny_model_dir):
+    import shutil
+
+    from xstilts.model import load_encoder
+
+    damaged = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, damaged)
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(XstiltsError) as excinfo:
+        load_encoder(str(damaged))
+    one_line_error(excinfo, str(damaged), "the model's weights cannot be loaded", "delete its cache folder")
 
 
 def test_max_length_beyond_the_model_is_refused(tiny_model_dir, shared_data_dir):

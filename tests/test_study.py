@@ -185,6 +185,7 @@ def test_edited_task_or_replaced_data_file_changes_exactly_the_affected_nodes(ti
     builtin = Path(__file__).resolve().parents[1] / "src" / "xstilts" / "tasks" / "builtin" / "snli.yaml"
     original = {**yaml.safe_load(builtin.read_text()), "name": "my-snli"}
     original["local"]["files"] = {"train": str(train_file)}
+    original["local"]["absolute_paths"] = True
     tasks = tmp_path / "tasks"
     tasks.mkdir()
     task_file = tasks / "my-snli.yaml"

@@ -431,12 +431,13 @@ def test_extra_fields_and_runaway_quotes_are_read_with_a_warning(tmp_path, capsy
     assert f"xstilts: warning: {path}:3: 1 record(s) run over several lines" in capsys.readouterr().err
 
 
-def test_unknown_placeholder_in_file_names_is_named(tmp_path):
-    path = _task_yaml(tmp_path, **{**GOOD_TASK, "local": "{format: tsv, files: {train: 'x-{lang}.tsv'}, "
+@pytest.mark.parametrize("placeholder", ["lang", "0"])
+def test_unknown_placeholder_in_file_names_is_named(tmp_path, placeholder):
+    path = _task_yaml(tmp_path, **{**GOOD_TASK, "local": f"{{format: tsv, files: {{train: 'x-{{{placeholder}}}.tsv'}}, "
                                                          "columns: {text_a: 0, label: 1}}"})
     with pytest.raises(XstiltsError) as excinfo:
         load_registry([path.parent]).get("t")
-    one_line_error(excinfo, str(path), "unknown placeholder {lang}", "the only one is {language}")
+    one_line_error(excinfo, str(path), f"unknown placeholder {{{placeholder}}}", "the only one is {language}")
 
 
 def test_a_task_defined_twice_needs_an_explicit_override(tmp_path):
@@ -451,18 +452,21 @@ def test_a_task_defined_twice_needs_an_explicit_override(tmp_path):
 def test_relative_file_names_stay_inside_the_data_folder(tmp_path):
     data_dir = tmp_path / "data"
     outside = _write(tmp_path / "outside.tsv", "premise\thypothesis\tlabel\na\tb\tneutral\n")
-    for files, ok in (("{dev: ../outside.tsv}", False), (f"{{dev: '{outside}'}}", True)):
+    cases = [("{dev: ../outside.tsv}", "", "'../outside.tsv' is outside the data folder"),
+             (f"{{dev: '{outside}'}}", "", "is an absolute path; set `absolute_paths: true`"),
+             (f"{{dev: '{outside}'}}", "  absolute_paths: true\n", None)]
+    data_dir.mkdir(exist_ok=True)
+    for files, allow, error in cases:
         path = _write(tmp_path / "tasks" / "pairs.yaml", NLI_TSV_TASK.format(
             format="tsv", header="true", columns="{text_a: premise, text_b: hypothesis, label: label}")
-            .replace("{dev: pairs.tsv}", files))
+            .replace("{dev: pairs.tsv}", files) + allow)
         spec = load_registry([path.parent]).get("pairs")
-        data_dir.mkdir(exist_ok=True)
-        if ok:
+        if error is None:
             assert read_split(spec, "dev", "en", data_dir).examples == [Example("a", "b", 1)]
         else:
             with pytest.raises(XstiltsError) as excinfo:
                 read_split(spec, "dev", "en", data_dir)
-            one_line_error(excinfo, "'../outside.tsv' is outside the data folder", "give an absolute path")
+            one_line_error(excinfo, error)
 
 
 def test_home_and_variables_are_expanded_in_task_folders_and_file_names(tmp_path, monkeypatch):
@@ -471,6 +475,6 @@ def test_home_and_variables_are_expanded_in_task_folders_and_file_names(tmp_path
     _write(tmp_path / "elsewhere" / "pairs.tsv", "premise\thypothesis\tlabel\na\tb\tneutral\n")
     _write(tmp_path / "tasks" / "pairs.yaml", NLI_TSV_TASK.format(
         format="tsv", header="true", columns="{text_a: premise, text_b: hypothesis, label: label}")
-        .replace("{dev: pairs.tsv}", "{dev: $MY_DATA/pairs.tsv}"))
+        .replace("{dev: pairs.tsv}", "{dev: $MY_DATA/pairs.tsv}") + "  absolute_paths: true\n")
     spec = load_registry([Path("~/tasks")]).get("pairs")
     assert read_split(spec, "dev", "en", tmp_path).examples == [Example("a", "b", 1)]

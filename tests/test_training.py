@@ -269,6 +269,11 @@ def test_a_crafted_or_damaged_training_state_is_refused(tmp_path, ctx):
     state.write_bytes(genuine[: len(genuine) // 2])
     with pytest.raises(XstiltsError, match=r"training_state.pt: unreadable checkpoint .*; delete .*checkpoint to start"):
         phase()
+    state.write_bytes(genuine)
+    weights = tmp_path / "checkpoint" / WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[:500])
+    with pytest.raises(XstiltsError, match=r"unreadable checkpoint weights .*; delete .*checkpoint to start"):
+        phase()
 
 
 def test_non_finite_numbers_stop_before_training(tmp_path, ctx):
@@ -693,7 +698,7 @@ def test_a_bad_byte_in_an_evaluation_file_stops_the_run_before_training(tmp_path
     folder.mkdir()
     (folder / "xnli-my.yaml").write_text(yaml.safe_dump({
         "name": "xnli-my", "labels": NLI, "languages": ["my"],
-        "local": {"format": "tsv", "header": False, "files": {"test": str(bad)},
+        "local": {"format": "tsv", "header": False, "files": {"test": str(bad)}, "absolute_paths": True,
                   "columns": {"text_a": 0, "text_b": 1, "label": 2}}}))
     config = {**_quick_config(tiny_model_dir, shared_data_dir, [{"task": "xnli-my"}]), "task_dirs": [str(folder)]}
     output = tmp_path / "run"

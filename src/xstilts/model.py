@@ -6,9 +6,12 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel
+
+from xstilts.errors import XstiltsError
 
 HEADS_FILE = "heads.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -81,7 +84,13 @@ def load_encoder(model: str, dropout: float | None = None, attention_dropout: fl
         config.hidden_dropout_prob = dropout
     if attention_dropout is not None:
         config.attention_probs_dropout_prob = attention_dropout
-    return AutoModel.from_pretrained(model, config=config)
+    try:
+        return AutoModel.from_pretrained(model, config=config)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise XstiltsError(f"{model}: the model's weights cannot be loaded ({first}); for the embedded model, "
+                           "delete its cache folder (~/.cache/xstilts or $XSTILTS_CACHE_DIR) to convert it again"
+                           ) from None
 
 
 def load_checkpoint(

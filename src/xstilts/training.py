@@ -16,6 +16,7 @@ from typing import Iterator
 import numpy as np
 import torch
 from tqdm import tqdm
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import get_linear_schedule_with_warmup
 
@@ -150,7 +151,11 @@ def _resume(out_dir: Path, model: MultiHeadModel, optimizer, scheduler, fingerpr
     saved = load_training_state(directory / "training_state.pt")
     if saved["fingerprint"] != fingerprint:
         raise XstiltsError(f"{directory}: checkpoint was made with other settings; delete it to start over")
-    model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+    try:
+        model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+    except (OSError, RuntimeError, ValueError, SafetensorError) as error:
+        raise XstiltsError(f"{directory / WEIGHTS_FILE}: unreadable checkpoint weights "
+                           f"({str(error).splitlines()[0]}); delete {directory} to start this phase over") from None
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     torch.set_rng_state(saved["rng"])

@@ -43,14 +43,17 @@ def file_sha256(path: Path) -> str:
 
 def local_path(spec: TaskSpec, split: str, language: str, data_dir: Path) -> Path:
     """The local file of a split and language (`~` and `$VARS` expanded): a relative name inside the data
-    folder (a `..` that leaves it is refused), or an absolute path, which reads that file wherever it is."""
+    folder (a `..` that leaves it is refused), or, where the task allows `absolute_paths`, an absolute path."""
     name = Path(os.path.expandvars(spec.local.files[split].format(language=language))).expanduser()
     if name.is_absolute():
+        if not spec.local.absolute_paths:
+            raise XstiltsError(f"task {spec.name!r}: file {str(name)!r} is an absolute path; set `absolute_paths: "
+                               "true` under its `local:` to read files outside the data folder")
         return name
     path = data_dir / name
     if not path.resolve().is_relative_to(data_dir.resolve()):
         raise XstiltsError(f"task {spec.name!r}: file {str(name)!r} is outside the data folder {data_dir}; give an "
-                           "absolute path to read a file elsewhere")
+                           "absolute path (with `absolute_paths: true`) to read a file elsewhere")
     return path
 
 

@@ -25,6 +25,7 @@ class LocalSource(StrictModel):
     header: bool = True
     columns: dict[str, str | int]
     label_map: dict[str, str] = Field(default_factory=dict)
+    absolute_paths: bool = Field(default=False, description="allow absolute file names (files outside the data folder)")
 
     @model_validator(mode="after")
     def _placeholders(self) -> LocalSource:
