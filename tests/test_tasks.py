@@ -478,3 +478,28 @@ def test_home_and_variables_are_expanded_in_task_folders_and_file_names(tmp_path
         .replace("{dev: pairs.tsv}", "{dev: $MY_DATA/pairs.tsv}") + "  absolute_paths: true\n")
     spec = load_registry([Path("~/tasks")]).get("pairs")
     assert read_split(spec, "dev", "en", tmp_path).examples == [Example("a", "b", 1)]
+
+
+# --- real data layouts --------------------------------------------------------------------------------------
+
+
+def test_numeric_columns_with_a_header_and_skipped_rows(tmp_path):
+    path = _write(tmp_path / "tasks" / "pairs.yaml", NLI_TSV_TASK.format(
+        format="tsv", header="true", columns="{text_a: 1, text_b: hypothesis, label: 0}") + "  skip_rows: 2\n")
+    _write(tmp_path / "data" / "pairs.tsv", "# exported 2026-11-27\n# by a script\nlabel\tpremise\thypothesis\n"
+                                            "neutral\ta\tb\ncontradiction\tc\td\n")
+    spec = load_registry([path.parent]).get("pairs")
+    assert read_split(spec, "dev", "en", tmp_path / "data").examples == [Example("a", "b", 1), Example("c", "d", 2)]
+
+
+def test_column_names_per_language(tmp_path):
+    """AfriXNLI-style files name their columns premise_yo, premise_ig, ..."""
+    path = _write(tmp_path / "tasks" / "pairs.yaml", NLI_TSV_TASK.format(
+        format="tsv", header="true", columns="{text_a: 'premise_{language}', text_b: 'hypothesis_{language}', "
+                                             "label: label}").replace("pairs.tsv", "'pairs-{language}.tsv'")
+        .replace("labels:", "languages: [yo, ig]\nlabels:"))
+    _write(tmp_path / "data" / "pairs-yo.tsv", "premise_yo\thypothesis_yo\tlabel\nyo-a\tyo-b\tneutral\n")
+    _write(tmp_path / "data" / "pairs-ig.tsv", "premise_ig\thypothesis_ig\tlabel\nig-a\tig-b\tentailment\n")
+    spec = load_registry([path.parent]).get("pairs")
+    assert read_split(spec, "dev", "yo", tmp_path / "data").examples == [Example("yo-a", "yo-b", 1)]
+    assert read_split(spec, "dev", "ig", tmp_path / "data").examples == [Example("ig-a", "ig-b", 0)]

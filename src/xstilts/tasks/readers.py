@@ -89,10 +89,13 @@ def _rows(path: Path, source: LocalSource, odd: dict[str, list[int]]) -> Iterato
             else:
                 reader = csv.reader(handle)
             header: list[str] | None = None
-            line = 1
+            line, skip = 1, source.skip_rows
             for row in reader:
                 number, line = line, reader.line_num + 1
                 if not row:
+                    continue
+                if skip:
+                    skip -= 1
                     continue
                 if reader.line_num > number:
                     odd["multiline"].append(number)
@@ -101,7 +104,7 @@ def _rows(path: Path, source: LocalSource, odd: dict[str, list[int]]) -> Iterato
                     continue
                 if header and len(row) > len(header):
                     odd["extra"].append(number)
-                yield number, (dict(zip(header, row)) if header else row, len(header) if header else None)
+                yield number, (row, header)
     elif source.format == "jsonl":
         with open(path, encoding="utf-8-sig") as handle:
             for number, line in enumerate(handle, start=1):
@@ -132,16 +135,21 @@ def _first_bad_line(path: Path) -> tuple[int, str]:
     return 0, "unknown position"
 
 
-def _field(path: Path, number: int, row: Any, width: int | None, column: str | int) -> str:
-    """One field of a raw row; a missing column is an error naming file and row."""
+def _field(path: Path, number: int, row: Any, header: list[str] | None, column: str | int) -> str:
+    """One field of a raw row: by position (an int, with or without a header) or by name (a header's, or a
+    JSON record's key); a missing column is an error naming file and row."""
     if isinstance(row, list):
-        if not isinstance(column, int):
-            raise XstiltsError(f"{path}: column {column!r} must be an index for a file without header")
+        if header is not None and len(row) < len(header):
+            raise XstiltsError(f"{path}:{number}: expected {len(header)} columns, found {len(row)}")
+        if isinstance(column, str):
+            if header is None:
+                raise XstiltsError(f"{path}: column {column!r} must be an index for a file without header")
+            if column not in header:
+                raise XstiltsError(f"{path}:{number}: missing field {column!r} (the header has {', '.join(header)})")
+            column = header.index(column)
         if column >= len(row):
             raise XstiltsError(f"{path}:{number}: expected at least {column + 1} columns, found {len(row)}")
         return row[column]
-    if isinstance(row, dict) and width is not None and len(row) < width:
-        raise XstiltsError(f"{path}:{number}: expected {width} columns, found {len(row)}")
     if not isinstance(row, dict) or column not in row:
         raise XstiltsError(f"{path}:{number}: missing field {column!r}")
     value = row[column]
@@ -178,12 +186,14 @@ def read_local(spec: TaskSpec, split: str, language: str, data_dir: Path) -> Spl
     path = local_path(spec, split, language, data_dir)
     if path.stat().st_size == 0:
         raise XstiltsError(f"{path}: empty file")
+    columns = {name: column.format(language=language) if isinstance(column, str) else column
+               for name, column in source.columns.items()}  # e.g. premise_{language}
     examples, skipped, odd = [], 0, {"extra": [], "multiline": []}
     try:
-        for number, (row, width) in _rows(path, source, odd):
-            fields = {name: _checked_text(path, number, name, _field(path, number, row, width, column))
-                      for name, column in source.columns.items()}
-            example = _to_example(spec, source.label_map, source.columns, f"{path}:{number}", fields)
+        for number, (row, header) in _rows(path, source, odd):
+            fields = {name: _checked_text(path, number, name, _field(path, number, row, header, column))
+                      for name, column in columns.items()}
+            example = _to_example(spec, source.label_map, columns, f"{path}:{number}", fields)
             if example is None:
                 skipped += 1
             else:

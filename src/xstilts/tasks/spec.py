@@ -18,7 +18,8 @@ class StrictModel(BaseModel):
 
 
 class LocalSource(StrictModel):
-    """Files on disk, relative to the data directory; `{language}` is filled per language."""
+    """Files on disk, relative to the data directory; `{language}` is filled per language in `files` and in
+    column names. Columns are header names or 0-based positions (positions work with or without a header)."""
 
     format: Literal["tsv", "csv", "json", "jsonl"]
     files: dict[SplitName, str]
@@ -26,14 +27,17 @@ class LocalSource(StrictModel):
     columns: dict[str, str | int]
     label_map: dict[str, str] = Field(default_factory=dict)
     absolute_paths: bool = Field(default=False, description="allow absolute file names (files outside the data folder)")
+    skip_rows: int = Field(default=0, ge=0, description="tsv/csv: rows to skip before the header (or the data)")
 
     @model_validator(mode="after")
     def _placeholders(self) -> LocalSource:
-        for split, template in self.files.items():
+        templates = {**{f"files.{split}": name for split, name in self.files.items()},
+                     **{f"columns.{key}": name for key, name in self.columns.items() if isinstance(name, str)}}
+        for where, template in templates.items():
             names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
             if names - {"language"}:
                 unknown = ", ".join("{" + name + "}" for name in sorted(names - {"language"}))
-                raise ValueError(f"files.{split}: unknown placeholder {unknown} in {template!r}; the only one is "
+                raise ValueError(f"{where}: unknown placeholder {unknown} in {template!r}; the only one is "
                                  "{language}")
         return self
 
