@@ -503,3 +503,29 @@ def test_column_names_per_language(tmp_path):
     spec = load_registry([path.parent]).get("pairs")
     assert read_split(spec, "dev", "yo", tmp_path / "data").examples == [Example("yo-a", "yo-b", 1)]
     assert read_split(spec, "dev", "ig", tmp_path / "data").examples == [Example("ig-a", "ig-b", 0)]
+
+
+def test_labels_from_another_file_row_by_row(tmp_path):
+    """A machine-translated test set without labels takes them from its labelled English original."""
+    data = tmp_path / "data"
+    english = _write(data / "xnli" / "test-en.tsv", "p1\th1\tneutral\np2\th2\tentailment\np3\th3\tcontradiction\n")
+    _write(data / "mt" / "test-my.tsv", "my-p1\tmy-h1\nmy-p2\tmy-h2\nmy-p3\tmy-h3\n")
+    path = _write(tmp_path / "tasks" / "mt.yaml", """\
+name: xnli-mt
+labels: [entailment, neutral, contradiction]
+languages: [my]
+local:
+  format: tsv
+  header: false
+  files: {test: 'mt/test-{language}.tsv'}
+  columns: {text_a: 0, text_b: 1}
+  labels_from: {file: xnli/test-en.tsv, column: 2}
+""")
+    spec = load_registry([path.parent]).get("xnli-mt")
+    examples = read_split(spec, "test", "my", data).examples
+    assert examples == [Example("my-p1", "my-h1", 1), Example("my-p2", "my-h2", 0), Example("my-p3", "my-h3", 2)]
+    english.write_text("p1\th1\tneutral\np2\th2\tentailment\n")  # one row short: the files no longer align
+    with pytest.raises(XstiltsError) as excinfo:
+        read_split(spec, "test", "my", data)
+    one_line_error(excinfo, str(data / "mt" / "test-my.tsv"), "3 rows, but its labels_from file", "has 2",
+                   "must align one to one")

@@ -41,10 +41,12 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def local_path(spec: TaskSpec, split: str, language: str, data_dir: Path) -> Path:
-    """The local file of a split and language (`~` and `$VARS` expanded): a relative name inside the data
-    folder (a `..` that leaves it is refused), or, where the task allows `absolute_paths`, an absolute path."""
-    name = Path(os.path.expandvars(spec.local.files[split].format(language=language))).expanduser()
+def local_path(spec: TaskSpec, split: str, language: str, data_dir: Path, template: str | None = None) -> Path:
+    """The local file of a split and language (`~` and `$VARS` expanded), or of `template` (another file of the
+    task): a relative name inside the data folder (a `..` that leaves it is refused), or, where the task allows
+    `absolute_paths`, an absolute path."""
+    template = spec.local.files[split] if template is None else template
+    name = Path(os.path.expandvars(template.format(language=language))).expanduser()
     if name.is_absolute():
         if not spec.local.absolute_paths:
             raise XstiltsError(f"task {spec.name!r}: file {str(name)!r} is an absolute path; set `absolute_paths: "
@@ -66,11 +68,13 @@ def input_fingerprint(spec: TaskSpec, split: str, language: str, data_dir: Path 
     """What reading a split depends on besides the spec: the local file's SHA-256 ('missing' if absent), or
     the Hub address (Hub content is versioned by the Hub, not hashed here)."""
     if reads_local(spec, data_dir, source) and split in spec.local.files and data_dir is not None:
-        path = local_path(spec, split, language, data_dir)
-        if not path.is_file():
+        paths = [local_path(spec, split, language, data_dir)]
+        if spec.local.labels_from is not None:
+            paths.append(local_path(spec, split, language, data_dir, spec.local.labels_from.file))
+        if not all(path.is_file() for path in paths):
             return "missing"
-        stat = path.stat()
-        return _file_sha256_cached(path.resolve(), stat.st_mtime_ns, stat.st_size)
+        return "+".join(_file_sha256_cached(path.resolve(), path.stat().st_mtime_ns, path.stat().st_size)
+                        for path in paths)
     if spec.hub is not None and split in spec.hub.splits:
         name = spec.hub.name.format(language=language) if spec.hub.name else ""
         return f"hub:{spec.hub.path}/{name}/{spec.hub.splits[split]}"
@@ -188,11 +192,18 @@ def read_local(spec: TaskSpec, split: str, language: str, data_dir: Path) -> Spl
         raise XstiltsError(f"{path}: empty file")
     columns = {name: column.format(language=language) if isinstance(column, str) else column
                for name, column in source.columns.items()}  # e.g. premise_{language}
+    labels = _labels_from(spec, split, language, data_dir, path) if source.labels_from else None
     examples, skipped, odd = [], 0, {"extra": [], "multiline": []}
     try:
-        for number, (row, header) in _rows(path, source, odd):
+        rows = list(_rows(path, source, odd))
+        if labels is not None and len(labels) != len(rows):
+            raise XstiltsError(f"{path}: {len(rows)} rows, but its labels_from file {labels.path} has "
+                               f"{len(labels)}: the rows must align one to one")
+        for index, (number, (row, header)) in enumerate(rows):
             fields = {name: _checked_text(path, number, name, _field(path, number, row, header, column))
                       for name, column in columns.items()}
+            if labels is not None:
+                fields["label"] = labels.values[index]
             example = _to_example(spec, source.label_map, columns, f"{path}:{number}", fields)
             if example is None:
                 skipped += 1
@@ -210,6 +221,33 @@ def read_local(spec: TaskSpec, split: str, language: str, data_dir: Path) -> Spl
     if not examples:
         raise XstiltsError(f"{path}: no labelled examples")
     return SplitData(spec.name, split, language, examples, str(path), file_sha256(path), skipped, spec.labels)
+
+
+@dataclass(frozen=True)
+class _Labels:
+    path: Path
+    values: list[str]
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+def _labels_from(spec: TaskSpec, split: str, language: str, data_dir: Path, data_path: Path) -> _Labels:
+    """The label column of the task's `labels_from` file, one value per row."""
+    given = spec.local.labels_from
+    path = local_path(spec, split, language, data_dir, given.file)
+    if not path.is_file():
+        raise XstiltsError(f"{path}: labels_from file not found (labels for {data_path})")
+    source = LocalSource(format=given.format or spec.local.format, files={split: given.file}, header=given.header,
+                         columns={"text_a": given.column, "label": given.column})
+    odd: dict[str, list[int]] = {"extra": [], "multiline": []}
+    try:
+        values = [str(_field(path, number, row, header, given.column)) for number, (row, header)
+                  in _rows(path, source, odd)]
+    except UnicodeDecodeError:
+        line, where = _first_bad_line(path)
+        raise XstiltsError(f"{path}:{line}: not UTF-8 text ({where})") from None
+    return _Labels(path, values)
 
 
 def read_hub(spec: TaskSpec, split: str, language: str) -> SplitData:

@@ -17,6 +17,17 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+class LabelsFrom(StrictModel):
+    """Labels read from another file, row by row (a translated test set that ships without labels, aligned with
+    its labelled original): `column` of `file` (a name or position; `{language}` allowed in `file`), in the
+    task's format unless `format` says otherwise. Both files must have the same number of rows."""
+
+    file: str
+    column: str | int
+    header: bool = False
+    format: Literal["tsv", "csv", "json", "jsonl"] | None = None
+
+
 class LocalSource(StrictModel):
     """Files on disk, relative to the data directory; `{language}` is filled per language in `files` and in
     column names. Columns are header names or 0-based positions (positions work with or without a header)."""
@@ -28,6 +39,7 @@ class LocalSource(StrictModel):
     label_map: dict[str, str] = Field(default_factory=dict)
     absolute_paths: bool = Field(default=False, description="allow absolute file names (files outside the data folder)")
     skip_rows: int = Field(default=0, ge=0, description="tsv/csv: rows to skip before the header (or the data)")
+    labels_from: LabelsFrom | None = None
 
     @model_validator(mode="after")
     def _placeholders(self) -> LocalSource:
@@ -72,10 +84,13 @@ class TaskSpec(StrictModel):
         if self.local is None and self.hub is None:
             raise ValueError("a task needs a `local` or a `hub` source")
         for source in (self.local, self.hub):
-            if source is not None and "text_a" not in source.columns:
-                raise ValueError("columns must map at least `text_a` and `label`")
-            if source is not None and "label" not in source.columns:
-                raise ValueError("columns must map at least `text_a` and `label`")
+            if source is None:
+                continue
+            has_labels = "label" in source.columns or getattr(source, "labels_from", None) is not None
+            if "text_a" not in source.columns or not has_labels:
+                raise ValueError("columns must map at least `text_a` and `label` (or give `labels_from`)")
+            if "label" in source.columns and getattr(source, "labels_from", None) is not None:
+                raise ValueError("labels come from `columns.label` or from `labels_from`, not both")
         return self
 
     @property
