@@ -709,3 +709,35 @@ def test_a_bad_byte_in_an_evaluation_file_stops_the_run_before_training(tmp_path
     bad.write_bytes(b"".join(good))
     run(parse_config(config, "test"), output)
     assert (output / "target" / "DONE").exists()
+
+
+def test_a_task_extending_xnli_adds_a_language_to_the_same_table(tmp_path, tiny_model_dir, shared_data_dir):
+    """xnli plus a machine-translated language (labels from the English test file): one evaluation, one
+    table, the built-in languages read from xnli's files and the new one from the user's."""
+    english = (shared_data_dir / "xnli" / "test-en.tsv").read_text(encoding="utf-8").splitlines()
+    translated = tmp_path / "mt" / "test-my.tsv"
+    translated.parent.mkdir()
+    translated.write_text("".join("\t".join(line.split("\t")[:2][::-1]) + "\n" for line in english))
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    (folder / "xnli-plus.yaml").write_text(yaml.safe_dump({
+        "name": "xnli-plus", "extend": "xnli", "labels": NLI, "languages": ["my"], "parallel": True,
+        "local": {"format": "tsv", "header": False, "files": {"test": str(translated)}, "absolute_paths": True,
+                  "columns": {"text_a": 0, "text_b": 1},
+                  "labels_from": {"file": str(shared_data_dir.resolve() / "xnli" / "test-en.tsv"), "column": 2}}}))
+    registry = load_registry([folder])
+    spec = registry.get("xnli-plus")
+    assert spec.languages == [*registry.get("xnli").languages, "my"] and spec.splits == ["dev", "test"]
+    evaluate = [{"task": "xnli-plus", "split": "test", "languages": ["en", "sw", "my"], "max_examples": 10}]
+    config = {**_quick_config(tiny_model_dir, shared_data_dir, evaluate), "task_dirs": [str(folder)]}
+    metrics = run(parse_config(config, "test"), tmp_path / "run")
+    table = metrics["evaluation"]["xnli-plus"]["test"]
+    assert table["n"] == {"en": 10, "sw": 10, "my": 10}
+    assert table["average"] == pytest.approx(np.mean([table[language] for language in ("en", "sw", "my")]))
+    with pytest.raises(XstiltsError) as excinfo:
+        (folder / "bad.yaml").write_text(yaml.safe_dump({"name": "bad", "extend": "xnli", "labels": ["a", "b"],
+                                                         "languages": ["xx"], "local": {
+                                                             "format": "tsv", "files": {"test": "x.tsv"},
+                                                             "columns": {"text_a": 0, "label": 1}}}))
+        load_registry([folder])
+    assert "bad.yaml: key 'extend': extends 'xnli', whose labels are" in str(excinfo.value)

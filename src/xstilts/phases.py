@@ -111,7 +111,7 @@ def check_plan(registry: TaskRegistry, data_dir: Path | None, training: list[Tas
             for language in data.languages or spec.languages:
                 check_available(spec, split, language, data_dir, data.source)
                 key = (data.task, split, language, data.source)
-                if reads_local(spec, data_dir, data.source) and key not in seen:
+                if reads_local(spec.for_language(language), data_dir, data.source) and key not in seen:
                     seen.add(key)
                     read_split(spec, split, language, data_dir, data.source)
     labels = registry.get(target).labels

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import hashlib
 import json
@@ -67,6 +68,7 @@ def _file_sha256_cached(path: Path, modified_ns: int, size: int) -> str:
 def input_fingerprint(spec: TaskSpec, split: str, language: str, data_dir: Path | None, source: str = "auto") -> str:
     """What reading a split depends on besides the spec: the local file's SHA-256 ('missing' if absent), or
     the Hub address (Hub content is versioned by the Hub, not hashed here)."""
+    spec = spec.for_language(language)
     if reads_local(spec, data_dir, source) and split in spec.local.files and data_dir is not None:
         paths = [local_path(spec, split, language, data_dir)]
         if spec.local.labels_from is not None:
@@ -282,6 +284,7 @@ def check_available(spec: TaskSpec, split: str, language: str, data_dir: Path | 
     """Fail early, before any training, if a split/language does not exist or its local file is missing."""
     if language not in spec.languages:
         raise XstiltsError(f"task {spec.name!r} has no language {language!r} (has {', '.join(spec.languages)})")
+    spec = spec.for_language(language)
     if reads_local(spec, data_dir, source):
         if split not in spec.local.files:
             raise XstiltsError(f"task {spec.name!r} has no local split {split!r} (has {', '.join(spec.local.files)})")
@@ -300,6 +303,9 @@ def read_split(spec: TaskSpec, split: str, language: str, data_dir: Path | None,
     """Read a split: from local files when the task has them and a data directory is set (or source
     'local'), else (or with source 'hub') from the Hugging Face Hub."""
     check_available(spec, split, language, data_dir, source)
-    if reads_local(spec, data_dir, source):
-        return read_local(spec, split, language, data_dir)
-    return read_hub(spec, split, language)
+    own = spec.for_language(language)
+    if reads_local(own, data_dir, source):
+        data = read_local(own, split, language, data_dir)
+    else:
+        data = read_hub(own, split, language)
+    return data if own is spec else dataclasses.replace(data, task=spec.name)

@@ -105,4 +105,10 @@ def load_registry(extra_dirs: list[Path] | None = None) -> TaskRegistry:
                 raise XstiltsError(f"{path}: task {spec.name!r} is already defined in {defined_in[spec.name]}; set "
                                    "`override: true` to replace it, or rename it")
             registry.tasks[spec.name], defined_in[spec.name] = spec, path
+    for name, spec in list(registry.tasks.items()):
+        if spec.extend is not None:
+            try:
+                registry.tasks[name] = spec.extending(registry.get(spec.extend))
+            except (XstiltsError, ValueError) as error:
+                raise XstiltsError(f"{defined_in[name]}: key 'extend': {error}") from None
     return registry

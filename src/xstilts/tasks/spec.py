@@ -6,7 +6,7 @@ import string
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 SplitName = Literal["train", "dev", "test"]
 
@@ -78,6 +78,25 @@ class TaskSpec(StrictModel):
                                                       "row (XNLI): the report resamples items jointly")
     local: LocalSource | None = None
     hub: HubSource | None = None
+    extend: str | None = Field(default=None, description="another task whose languages this one adds to; its "
+                                                         "sources serve its own languages, this task's the new ones")
+    _base: TaskSpec | None = PrivateAttr(default=None)
+    _own: frozenset[str] = PrivateAttr(default=frozenset())
+
+    def extending(self, base: TaskSpec) -> TaskSpec:
+        """This task as an extension of `base`: base's languages then its own; labels must agree."""
+        if base.labels != self.labels:
+            raise ValueError(f"extends {base.name!r}, whose labels are {base.labels}, with labels {self.labels}")
+        own = [language for language in self.languages if language not in base.languages]
+        spec = self.model_copy(update={"languages": [*base.languages, *own]})
+        spec._base, spec._own = base, frozenset(own)
+        return spec
+
+    def for_language(self, language: str) -> TaskSpec:
+        """The spec whose sources read `language`: the base task's for its languages, else this one."""
+        if self._base is not None and language not in self._own:
+            return self._base.for_language(language)
+        return self
 
     @model_validator(mode="after")
     def _has_source(self) -> TaskSpec:
@@ -95,9 +114,10 @@ class TaskSpec(StrictModel):
 
     @property
     def splits(self) -> list[str]:
-        """Splits available from the local source (else the Hub source)."""
+        """Splits available from the local source (else the Hub source); with a base task, those of both."""
         source = self.local or self.hub
-        return list(source.files if self.local else source.splits)
+        own = list(source.files if self.local else source.splits)
+        return list(dict.fromkeys([*self._base.splits, *own])) if self._base is not None else own
 
 
 @dataclass(frozen=True)
