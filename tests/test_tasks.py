@@ -452,7 +452,7 @@ def test_a_task_defined_twice_needs_an_explicit_override(tmp_path):
 def test_relative_file_names_stay_inside_the_data_folder(tmp_path):
     data_dir = tmp_path / "data"
     outside = _write(tmp_path / "outside.tsv", "premise\thypothesis\tlabel\na\tb\tneutral\n")
-    cases = [("{dev: ../outside.tsv}", "", "'../outside.tsv' is outside the data folder"),
+    cases = [("{dev: ../outside.tsv}", "", "'../outside.tsv' is outside the folder"),
              (f"{{dev: '{outside}'}}", "", "is an absolute path; set `absolute_paths: true`"),
              (f"{{dev: '{outside}'}}", "  absolute_paths: true\n", None)]
     data_dir.mkdir(exist_ok=True)
@@ -529,3 +529,34 @@ local:
         read_split(spec, "test", "my", data)
     one_line_error(excinfo, str(data / "mt" / "test-my.tsv"), "3 rows, but its labels_from file", "has 2",
                    "must align one to one")
+
+
+def test_labels_from_another_file_by_key(tmp_path):
+    data = tmp_path / "data"
+    _write(data / "gold.csv", "id,label\nb,entailment\na,neutral\n")
+    _write(data / "mt.csv", "id,premise,hypothesis\na,pa,ha\nb,pb,hb\nc,pc,hc\n")
+    path = _write(tmp_path / "tasks" / "mt.yaml", """\
+name: keyed
+labels: [entailment, neutral, contradiction]
+local:
+  format: csv
+  files: {test: mt.csv}
+  columns: {text_a: premise, text_b: hypothesis}
+  labels_from: {file: gold.csv, header: true, column: label, key: id, data_key: id}
+""")
+    spec = load_registry([path.parent]).get("keyed")
+    with pytest.raises(XstiltsError) as excinfo:
+        read_split(spec, "test", "en", data)
+    one_line_error(excinfo, f"{data / 'mt.csv'}:4: key 'c' is not in the labels_from file")
+    _write(data / "mt.csv", "id,premise,hypothesis\na,pa,ha\nb,pb,hb\n")
+    assert read_split(spec, "test", "en", data).examples == [Example("pa", "ha", 1), Example("pb", "hb", 0)]
+
+
+def test_file_names_relative_to_the_task_file(tmp_path):
+    path = _write(tmp_path / "my-tasks" / "pairs.yaml", NLI_TSV_TASK.format(
+        format="tsv", header="true", columns="{text_a: premise, text_b: hypothesis, label: label}")
+        .replace("{dev: pairs.tsv}", "{dev: data/pairs.tsv}") + "  relative_to: task\n")
+    _write(tmp_path / "my-tasks" / "data" / "pairs.tsv", "premise\thypothesis\tlabel\na\tb\tneutral\n")
+    (tmp_path / "data").mkdir()
+    spec = load_registry([path.parent]).get("pairs")
+    assert read_split(spec, "dev", "en", tmp_path / "data").examples == [Example("a", "b", 1)]

@@ -53,9 +53,10 @@ def local_path(spec: TaskSpec, split: str, language: str, data_dir: Path, templa
             raise XstiltsError(f"task {spec.name!r}: file {str(name)!r} is an absolute path; set `absolute_paths: "
                                "true` under its `local:` to read files outside the data folder")
         return name
-    path = data_dir / name
-    if not path.resolve().is_relative_to(data_dir.resolve()):
-        raise XstiltsError(f"task {spec.name!r}: file {str(name)!r} is outside the data folder {data_dir}; give an "
+    root = spec._folder if spec.local.relative_to == "task" and spec._folder is not None else data_dir
+    path = root / name
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise XstiltsError(f"task {spec.name!r}: file {str(name)!r} is outside the folder {root}; give an "
                            "absolute path (with `absolute_paths: true`) to read a file elsewhere")
     return path
 
@@ -198,13 +199,18 @@ def read_local(spec: TaskSpec, split: str, language: str, data_dir: Path) -> Spl
     examples, skipped, odd = [], 0, {"extra": [], "multiline": []}
     try:
         rows = list(_rows(path, source, odd))
-        if labels is not None and len(labels) != len(rows):
+        if labels is not None and labels.by_key is None and len(labels) != len(rows):
             raise XstiltsError(f"{path}: {len(rows)} rows, but its labels_from file {labels.path} has "
                                f"{len(labels)}: the rows must align one to one")
         for index, (number, (row, header)) in enumerate(rows):
             fields = {name: _checked_text(path, number, name, _field(path, number, row, header, column))
                       for name, column in columns.items()}
-            if labels is not None:
+            if labels is not None and labels.by_key is not None:
+                key = str(_field(path, number, row, header, source.labels_from.data_key))
+                if key not in labels.by_key:
+                    raise XstiltsError(f"{path}:{number}: key {key!r} is not in the labels_from file {labels.path}")
+                fields["label"] = labels.by_key[key]
+            elif labels is not None:
                 fields["label"] = labels.values[index]
             example = _to_example(spec, source.label_map, columns, f"{path}:{number}", fields)
             if example is None:
@@ -227,8 +233,11 @@ def read_local(spec: TaskSpec, split: str, language: str, data_dir: Path) -> Spl
 
 @dataclass(frozen=True)
 class _Labels:
+    """A labels_from file's labels, in row order, and by key when the task joins by key."""
+
     path: Path
     values: list[str]
+    by_key: dict[str, str] | None
 
     def __len__(self) -> int:
         return len(self.values)
@@ -244,12 +253,16 @@ def _labels_from(spec: TaskSpec, split: str, language: str, data_dir: Path, data
                          columns={"text_a": given.column, "label": given.column})
     odd: dict[str, list[int]] = {"extra": [], "multiline": []}
     try:
-        values = [str(_field(path, number, row, header, given.column)) for number, (row, header)
-                  in _rows(path, source, odd)]
+        rows = list(_rows(path, source, odd))
     except UnicodeDecodeError:
         line, where = _first_bad_line(path)
         raise XstiltsError(f"{path}:{line}: not UTF-8 text ({where})") from None
-    return _Labels(path, values)
+    values = [str(_field(path, number, row, header, given.column)) for number, (row, header) in rows]
+    by_key = None
+    if given.key is not None:
+        keys = [str(_field(path, number, row, header, given.key)) for number, (row, header) in rows]
+        by_key = dict(zip(keys, values))
+    return _Labels(path, values, by_key)
 
 
 def read_hub(spec: TaskSpec, split: str, language: str) -> SplitData:

@@ -54,9 +54,11 @@ def load_task_file(path: Path) -> TaskSpec:
     """Read and validate one task YAML file."""
     data = load_yaml(path)
     try:
-        return TaskSpec(**data)
+        spec = TaskSpec(**data)
     except ValidationError as error:
         raise XstiltsError(validation_message(path, error)) from None
+    spec._folder = path.parent.resolve()
+    return spec
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import string
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
@@ -18,14 +19,24 @@ class StrictModel(BaseModel):
 
 
 class LabelsFrom(StrictModel):
-    """Labels read from another file, row by row (a translated test set that ships without labels, aligned with
-    its labelled original): `column` of `file` (a name or position; `{language}` allowed in `file`), in the
-    task's format unless `format` says otherwise. Both files must have the same number of rows."""
+    """Labels read from another file (a translated test set that ships without labels, with its labelled
+    original): `column` of `file` (a name or position; `{language}` allowed in `file`), in the task's format
+    unless `format` says otherwise. Row by row (both files must have the same number of rows), or by key:
+    the row of `file` whose `key` column equals the data row's `data_key` column."""
 
     file: str
     column: str | int
     header: bool = False
     format: Literal["tsv", "csv", "json", "jsonl"] | None = None
+    key: str | int | None = None
+    data_key: str | int | None = None
+
+    @model_validator(mode="after")
+    def _both_keys(self) -> LabelsFrom:
+        if (self.key is None) != (self.data_key is None):
+            raise ValueError("labels_from: give both `key` (in the labels file) and `data_key` (in the data file), "
+                             "or neither (rows align one to one)")
+        return self
 
 
 class LocalSource(StrictModel):
@@ -39,6 +50,8 @@ class LocalSource(StrictModel):
     label_map: dict[str, str] = Field(default_factory=dict)
     absolute_paths: bool = Field(default=False, description="allow absolute file names (files outside the data folder)")
     skip_rows: int = Field(default=0, ge=0, description="tsv/csv: rows to skip before the header (or the data)")
+    relative_to: Literal["data", "task"] = Field(
+        default="data", description="relative file names are inside the data folder, or next to the task's YAML")
     labels_from: LabelsFrom | None = None
 
     @model_validator(mode="after")
@@ -81,6 +94,7 @@ class TaskSpec(StrictModel):
     extend: str | None = Field(default=None, description="another task whose languages this one adds to; its "
                                                          "sources serve its own languages, this task's the new ones")
     _base: TaskSpec | None = PrivateAttr(default=None)
+    _folder: Path | None = PrivateAttr(default=None)  # where the task's YAML file is
     _own: frozenset[str] = PrivateAttr(default=frozenset())
 
     def extending(self, base: TaskSpec) -> TaskSpec:
