@@ -41,6 +41,14 @@ def test_a_finished_run_gains_an_evaluation_without_training(tmp_path, tiny_mode
     assert [e.task for e in load_config(output / "config.yaml").evaluate] == ["xnli", "americasnli"]
     run(load_config(output / "config.yaml"), output)
     assert _done_marks(output) == after
+    # a trained model directory on its own (here the run's target phase), scored into --output
+    scored = tmp_path / "scored"
+    assert main(["evaluate", str(output / "target"), "--task", "xnli", "--split", "dev", "--languages", "sw",
+                 "--max-examples", "8", "--output", str(scored), "--model", str(tiny_model_dir),
+                 "--data-dir", str(shared_data_dir)]) == 0
+    assert json.loads((scored / "result.json").read_text())["languages"]["sw"]["n"] == 8
+    assert len(pd.read_csv(scored / "predictions" / "sw.csv")) == 8
+    assert _done_marks(output) == after
 
 
 def test_a_study_gains_an_evaluation_for_every_arm_and_seed(tmp_path, tiny_model_dir, shared_data_dir):

@@ -49,7 +49,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     from xstilts.evaluate import evaluate
 
     data = EvalData(task=args.task, split=args.split, languages=args.languages, max_examples=args.max_examples)
-    print(evaluate(args.target, data))
+    print(evaluate(args.target, data, args.output, args.model or "embedded", args.data_dir))
 
 
 def _plan(args: argparse.Namespace) -> None:
@@ -117,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", choices=["train", "dev", "test"])
     evaluate.add_argument("--languages", nargs="+", help="languages (default: all of the task's)")
     evaluate.add_argument("--max-examples", type=_positive, help="a fixed subsample per language")
+    evaluate.add_argument("--output", type=Path, help="for a model directory: where its evaluation goes")
+    evaluate.add_argument("--model", help="for a model directory: the base model it was trained from "
+                                          "(default: the embedded mE5-small)")
+    evaluate.add_argument("--data-dir", help="for a model directory: folder of local data sets")
     evaluate.set_defaults(handler=_evaluate)
     plan = commands.add_parser("plan", help="seeds a study needs for an effect, and its wall time, from a pilot study")
     plan.add_argument("study", type=Path, help="the study to plan (its arms, target and evaluations)")

@@ -5,6 +5,8 @@
   study YAML as well to keep it when the YAML is run again.
 - a run directory: its target model is scored into `eval-TASK-SPLIT/`; metrics.json and config.yaml gain
   the evaluation, so the directory still describes what it holds.
+- a trained model directory (any phase of a run or a study node: heads.json + model.safetensors): scored
+  with the head whose labels are the task's, into `--output`.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ import yaml
 from xstilts.config import EvalData, load_config
 from xstilts.errors import XstiltsError
 from xstilts.manifest import write_json, write_text_atomically
-from xstilts.phases import eval_node
-from xstilts.pipeline import format_table, make_context
+from xstilts.model import HEADS_FILE
+from xstilts.phases import Context, check_plan, eval_node
+from xstilts.pipeline import format_table, make_context, resolve_data_dir
 from xstilts.study import run_study
 from xstilts.study_spec import StudySpec
+from xstilts.tasks.registry import load_registry
 
 
 def _with(evaluations: list[EvalData], data: EvalData) -> list[EvalData]:
@@ -55,10 +59,35 @@ def evaluate_run(run_dir: Path, data: EvalData) -> dict:
     return metrics["evaluation"]
 
 
-def evaluate(target: Path, data: EvalData) -> str:
+def evaluate_model(model_dir: Path, data: EvalData, output: Path, base_model: str, data_dir: str | None,
+                   max_length: int) -> dict:
+    """Score a trained model directory with its head for the task's labels; predictions and result in `output`."""
+    heads = json.loads((model_dir / HEADS_FILE).read_text(encoding="utf-8"))
+    registry = load_registry()
+    labels = registry.get(data.task).labels
+    matching = [head for head, head_labels in heads.items() if head_labels == labels]
+    if len(matching) != 1:
+        raise XstiltsError(f"{model_dir}: {len(matching)} heads have the labels of {data.task!r} ({labels}); "
+                           f"the heads are {heads}")
+    resolved = resolve_data_dir(data_dir)
+    check_plan(registry, resolved, [], data.task, [data])
+    ctx = Context.create(base_model, registry, resolved, max_length, "auto")
+    return eval_node(ctx, output, trained=model_dir, head=matching[0], data=data)
+
+
+def evaluate(target: Path, data: EvalData, output: Path | None = None, base_model: str = "embedded",
+             data_dir: str | None = None, max_length: int = 128) -> str:
     """Dispatch on what `target` is; returns a line or table to print."""
     if (target / "study.json").is_file():
         return f"results: {evaluate_study(target, data)}"
     if (target / "config.yaml").is_file():
         return format_table(evaluate_run(target, data))
-    raise XstiltsError(f"{target}: neither a study directory (study.json) nor a run directory (config.yaml)")
+    if (target / HEADS_FILE).is_file():
+        if output is None:
+            raise XstiltsError(f"{target}: a model directory is scored into --output DIR; give one")
+        result = evaluate_model(target, data, output, base_model, data_dir, max_length)
+        return format_table({data.task: {data.split: {
+            "split": data.split, "average": result["average"],
+            **{lang: value["accuracy"] for lang, value in result["languages"].items()}}}})
+    raise XstiltsError(f"{target}: neither a study directory (study.json), a run directory (config.yaml) nor a "
+                       f"trained model ({HEADS_FILE})")
