@@ -11,7 +11,7 @@ import yaml
 
 from xstilts.config import RunConfig, load_config
 from xstilts.errors import XstiltsError
-from xstilts.manifest import environment, write_json
+from xstilts.manifest import environment, write_json, write_text_atomically
 from xstilts.memory import peak_rss_mb
 from xstilts.phases import Context, check_plan, eval_node, train_node
 from xstilts.tasks.registry import load_registry
@@ -42,8 +42,7 @@ def _claim_output(config: RunConfig, output: Path) -> None:
     existing = output / "config.yaml"
     if existing.exists() and load_config(existing) != config:
         raise XstiltsError(f"{output}: holds a run of another config; choose another --output or delete it")
-    output.mkdir(parents=True, exist_ok=True)
-    existing.write_text(yaml.safe_dump(config.model_dump(), sort_keys=False, allow_unicode=True))
+    write_text_atomically(existing, yaml.safe_dump(config.model_dump(), sort_keys=False, allow_unicode=True))
 
 
 def run(config: RunConfig, output: Path) -> dict:
