@@ -5,8 +5,9 @@ other busy processes on the cores, a thread that gets part of a core holds up th
 VM, evaluation of XNLI pairs fell from 44 pairs/s alone to about 2 beside two test processes, and 10 training
 steps kept 40% of their solo speed beside one busy loop. So the thread count follows the cores other
 processes leave free, measured from /proc between calls (all CPU time of the machine less this process's
-own), re-checked during long phases: beside one busy loop, training kept 66% of its solo speed with one
-thread. (OMP_WAIT_POLICY=PASSIVE also stopped the collapse, but cost about 20% of the solo training speed.)
+own), re-checked during long phases. benchmarks/bench_load.py, beside one busy loop: training kept 78% of its
+solo speed (13.3 -> 10.3 pairs/s; fixed threads 13.4 -> 5.4), evaluation 57% (fixed: 51%), the same solo
+speed. (OMP_WAIT_POLICY=PASSIVE also stopped the collapse, but cost about 20% of the solo training speed.)
 
 `XSTILTS_CPU_THREADS`: 'auto' (default), 'all' (leave PyTorch's thread count alone) or a number.
 benchmarks/bench_load.py measures both policies alone and beside a busy process.
