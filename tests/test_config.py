@@ -289,3 +289,25 @@ def test_cli_os_errors_are_one_line(tmp_path, capsys, shared_data_dir):
     blocker.write_text("")
     assert main(["study", str(study), "--data-dir", str(shared_data_dir), "--output", str(blocker / "out")]) == 2
     _cli_error(capsys, str(blocker / "out"), "Not a directory")
+
+
+@pytest.mark.parametrize(("error", "text"), [
+    (OSError(28, "No space left on device"), "No space left on device"),  # a full disk
+    (PermissionError(13, "Permission denied"), "Permission denied"),  # a read-only output folder
+])
+def test_cli_full_disk_and_read_only_output_are_one_line(tmp_path, capsys, monkeypatch, error, text):
+    """As root, permissions cannot be staged and a disk cannot be filled safely: the write that fails raises
+    what the OS would, with the file it was writing."""
+    import xstilts.study
+
+    study = Path(__file__).resolve().parents[1] / "studies" / "lowres-vs-english-pilot.yaml"
+    target = tmp_path / "out" / "study.json"
+    error.filename = str(target)
+
+    def failing_write(path, data):
+        raise error
+
+    monkeypatch.setattr(xstilts.study, "write_json", failing_write)
+    monkeypatch.setattr(xstilts.study, "check_plan", lambda *args: None)
+    assert main(["study", str(study), "--output", str(tmp_path / "out")]) == 2
+    _cli_error(capsys, str(target), text)
