@@ -21,7 +21,7 @@ from xstilts.errors import XstiltsError
 from xstilts.manifest import write_json, write_text_atomically
 from xstilts.model import HEADS_FILE
 from xstilts.phases import Context, check_plan, eval_node
-from xstilts.pipeline import format_table, make_context, resolve_data_dir
+from xstilts.pipeline import evaluation_summary, format_table, make_context, resolve_data_dir
 from xstilts.study import run_study
 from xstilts.study_spec import StudySpec
 from xstilts.tasks.registry import load_registry
@@ -49,10 +49,7 @@ def evaluate_run(run_dir: Path, data: EvalData) -> dict:
     result = eval_node(ctx, run_dir / f"eval-{data.task}-{data.split}", trained=run_dir / "target",
                        head=config.target.task.task, data=data)
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-    metrics.setdefault("evaluation", {}).setdefault(data.task, {})[data.split] = {
-        "split": data.split, "average": result["average"],
-        **{lang: value["accuracy"] for lang, value in result["languages"].items()},
-        "n": {lang: value["n"] for lang, value in result["languages"].items()}}
+    metrics.setdefault("evaluation", {}).setdefault(data.task, {})[data.split] = evaluation_summary(result)
     write_json(run_dir / "metrics.json", metrics)
     write_text_atomically(run_dir / "config.yaml", yaml.safe_dump(config.model_dump(), sort_keys=False,
                                                                   allow_unicode=True))
@@ -86,8 +83,6 @@ def evaluate(target: Path, data: EvalData, output: Path | None = None, base_mode
         if output is None:
             raise XstiltsError(f"{target}: a model directory is scored into --output DIR; give one")
         result = evaluate_model(target, data, output, base_model, data_dir, max_length)
-        return format_table({data.task: {data.split: {
-            "split": data.split, "average": result["average"],
-            **{lang: value["accuracy"] for lang, value in result["languages"].items()}}}})
+        return format_table({data.task: {data.split: evaluation_summary(result)}})
     raise XstiltsError(f"{target}: neither a study directory (study.json), a run directory (config.yaml) nor a "
                        f"trained model ({HEADS_FILE})")

@@ -66,11 +66,7 @@ def run(config: RunConfig, output: Path) -> dict:
     for data in config.evaluate:
         result = eval_node(ctx, output / f"eval-{data.task}-{data.split}", trained=output / "target",
                            head=target.task.task, data=data)
-        metrics["evaluation"].setdefault(data.task, {})[data.split] = {
-            "split": data.split, "average": result["average"],
-            **{lang: value["accuracy"] for lang, value in result["languages"].items()},
-            "n": {lang: value["n"] for lang, value in result["languages"].items()},
-        }
+        metrics["evaluation"].setdefault(data.task, {})[data.split] = evaluation_summary(result)
         files += result["data"]
     write_json(output / "metrics.json", metrics)
     write_json(output / "manifest.json", {
@@ -82,6 +78,13 @@ def run(config: RunConfig, output: Path) -> dict:
     })
     print(format_table(metrics["evaluation"]), file=sys.stderr)
     return metrics
+
+
+def evaluation_summary(result: dict) -> dict:
+    """An evaluation node's result as metrics.json keeps it: split, average, accuracy per language, n."""
+    return {"split": result["split"], "average": result["average"],
+            **{lang: value["accuracy"] for lang, value in result["languages"].items()},
+            "n": {lang: value["n"] for lang, value in result["languages"].items()}}
 
 
 def format_table(evaluation: dict) -> str:

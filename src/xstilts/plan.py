@@ -118,10 +118,15 @@ class RowCounter:
         return sum(min(count, data.max_examples or count) for count in self.rows(data))
 
 
-def study_seconds(spec: StudySpec, seeds: int, plan: Plan) -> dict[str, float]:
+def row_counter(spec: StudySpec) -> RowCounter:
+    """A row counter over the study's tasks and data folder."""
+    return RowCounter(load_registry([Path(p) for p in spec.task_dirs]), resolve_data_dir(spec.data_dir))
+
+
+def study_seconds(spec: StudySpec, seeds: int, plan: Plan, counter: RowCounter | None = None) -> dict[str, float]:
     """Estimated seconds of every phase kind of `spec` run with `seeds` seeds from a cold cache, one worker."""
     planned = spec.model_copy(update={"seeds": list(range(1, seeds + 1))})
-    counter = RowCounter(load_registry([Path(p) for p in spec.task_dirs]), resolve_data_dir(spec.data_dir))
+    counter = counter or row_counter(spec)
     totals: dict[str, float] = {"intermediate": 0.0, "target": 0.0, "eval": 0.0}
     for node in build_graph(planned).nodes.values():
         config = node.config
@@ -144,7 +149,7 @@ def plan_study(spec: StudySpec, pilot_dir: Path, effects: list[float], workers: 
     estimate = plan.estimate
     evaluation = spec.primary.evaluation or f"{spec.evaluate[0].task}/{spec.evaluate[0].split}"
     data = next(e for e in spec.evaluate if f"{e.task}/{e.split}" == evaluation)
-    counter = RowCounter(load_registry([Path(p) for p in spec.task_dirs]), resolve_data_dir(spec.data_dir))
+    counter = row_counter(spec)
     planned_items = int(np.mean([min(count, data.max_examples or count) for count in counter.rows(data)]))
     item_scale = plan.pilot_items / planned_items
     lines = [
@@ -162,7 +167,7 @@ def plan_study(spec: StudySpec, pilot_dir: Path, effects: list[float], workers: 
             lines.append(f"  {effect:.2f} points: not reachable by seeds alone at this test-set size (the item "
                          "variance alone exceeds it); evaluate more items")
             continue
-        seconds = study_seconds(spec, seeds, plan)
+        seconds = study_seconds(spec, seeds, plan, counter)
         parts = ", ".join(f"{kind} {_clock(value)}" for kind, value in seconds.items())
         lines.append(f"  {effect:.2f} points with 80% power at α = 0.05: {seeds} seeds; estimated wall time "
                      f"{_clock(sum(seconds.values()) / workers)} with {workers} worker{'s' * (workers > 1)} "

@@ -132,6 +132,15 @@ def _rows(path: Path, source: LocalSource, odd: dict[str, list[int]]) -> Iterato
             yield number, (record, None)
 
 
+def _read_rows(path: Path, source: LocalSource, odd: dict[str, list[int]]) -> list[tuple[int, Any]]:
+    """All rows of a local file (see `_rows`); a file that is not UTF-8 is one line naming the first bad line."""
+    try:
+        return list(_rows(path, source, odd))
+    except UnicodeDecodeError:
+        line, where = _first_bad_line(path)
+        raise XstiltsError(f"{path}:{line}: not UTF-8 text ({where})") from None
+
+
 def _first_bad_line(path: Path) -> tuple[int, str]:
     """The first line of a file that is not UTF-8, and why."""
     for number, line in enumerate(path.read_bytes().split(b"\n"), start=1):
@@ -197,29 +206,25 @@ def read_local(spec: TaskSpec, split: str, language: str, data_dir: Path) -> Spl
                for name, column in source.columns.items()}  # e.g. premise_{language}
     labels = _labels_from(spec, split, language, data_dir, path) if source.labels_from else None
     examples, skipped, odd = [], 0, {"extra": [], "multiline": []}
-    try:
-        rows = list(_rows(path, source, odd))
-        if labels is not None and labels.by_key is None and len(labels) != len(rows):
-            raise XstiltsError(f"{path}: {len(rows)} rows, but its labels_from file {labels.path} has "
-                               f"{len(labels)}: the rows must align one to one")
-        for index, (number, (row, header)) in enumerate(rows):
-            fields = {name: _checked_text(path, number, name, _field(path, number, row, header, column))
-                      for name, column in columns.items()}
-            if labels is not None and labels.by_key is not None:
-                key = str(_field(path, number, row, header, source.labels_from.data_key))
-                if key not in labels.by_key:
-                    raise XstiltsError(f"{path}:{number}: key {key!r} is not in the labels_from file {labels.path}")
-                fields["label"] = labels.by_key[key]
-            elif labels is not None:
-                fields["label"] = labels.values[index]
-            example = _to_example(spec, source.label_map, columns, f"{path}:{number}", fields)
-            if example is None:
-                skipped += 1
-            else:
-                examples.append(example)
-    except UnicodeDecodeError:
-        line, where = _first_bad_line(path)
-        raise XstiltsError(f"{path}:{line}: not UTF-8 text ({where})") from None
+    rows = _read_rows(path, source, odd)
+    if labels is not None and labels.by_key is None and len(labels) != len(rows):
+        raise XstiltsError(f"{path}: {len(rows)} rows, but its labels_from file {labels.path} has "
+                           f"{len(labels)}: the rows must align one to one")
+    for index, (number, (row, header)) in enumerate(rows):
+        fields = {name: _checked_text(path, number, name, _field(path, number, row, header, column))
+                  for name, column in columns.items()}
+        if labels is not None and labels.by_key is not None:
+            key = str(_field(path, number, row, header, source.labels_from.data_key))
+            if key not in labels.by_key:
+                raise XstiltsError(f"{path}:{number}: key {key!r} is not in the labels_from file {labels.path}")
+            fields["label"] = labels.by_key[key]
+        elif labels is not None:
+            fields["label"] = labels.values[index]
+        example = _to_example(spec, source.label_map, columns, f"{path}:{number}", fields)
+        if example is None:
+            skipped += 1
+        else:
+            examples.append(example)
     if odd["extra"]:
         print(f"xstilts: warning: {path}:{odd['extra'][0]}: more fields than the header names; the extra fields "
               f"of {len(odd['extra'])} row(s) were ignored", file=sys.stderr)
@@ -251,12 +256,7 @@ def _labels_from(spec: TaskSpec, split: str, language: str, data_dir: Path, data
         raise XstiltsError(f"{path}: labels_from file not found (labels for {data_path})")
     source = LocalSource(format=given.format or spec.local.format, files={split: given.file}, header=given.header,
                          columns={"text_a": given.column, "label": given.column})
-    odd: dict[str, list[int]] = {"extra": [], "multiline": []}
-    try:
-        rows = list(_rows(path, source, odd))
-    except UnicodeDecodeError:
-        line, where = _first_bad_line(path)
-        raise XstiltsError(f"{path}:{line}: not UTF-8 text ({where})") from None
+    rows = _read_rows(path, source, {"extra": [], "multiline": []})
     values = [str(_field(path, number, row, header, given.column)) for number, (row, header) in rows]
     by_key = None
     if given.key is not None:
