@@ -7,7 +7,8 @@ steps kept 40% of their solo speed beside one busy loop. So the thread count fol
 processes leave free, measured from /proc between calls (all CPU time of the machine less this process's
 own), re-checked during long phases. benchmarks/bench_load.py, beside one busy loop: training kept 78% of its
 solo speed (13.3 -> 10.3 pairs/s; fixed threads 13.4 -> 5.4), evaluation 57% (fixed: 51%), the same solo
-speed. (OMP_WAIT_POLICY=PASSIVE also stopped the collapse, but cost about 20% of the solo training speed.)
+speed. (OMP_WAIT_POLICY=PASSIVE also stopped the collapse, but in one 10-step measurement cost about 20% of
+the solo training speed, 7.6 vs 9.7 pairs/s, so it is not used.)
 
 `XSTILTS_CPU_THREADS`: 'auto' (default), 'all' (leave PyTorch's thread count alone) or a number.
 benchmarks/bench_load.py measures both policies alone and beside a busy process.
