@@ -14,7 +14,7 @@ from filelock import FileLock
 
 from xstilts.config import EvalData, TaskData, TrainConfig
 from xstilts.errors import XstiltsError
-from xstilts.executors import make_executor
+from xstilts.executors.local import make_executor
 from xstilts.graph import Graph, Node, build_graph, node_dir
 from xstilts.manifest import environment, write_json, write_text_atomically
 from xstilts.memory import peak_rss_mb

@@ -1,28 +1,14 @@
-"""Executors run a graph's nodes once their parents are finished. The graph code only calls
-`Executor.run(nodes, work, progress)`, so a distributed engine (Ray, Slurm) plugs in as another class."""
+"""Local executors: one node at a time in this process, or several in spawned worker processes."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
 import os
-from typing import Callable, Protocol
+from typing import Callable
 
+from xstilts.executors import Executor, Progress
 from xstilts.graph import Node
-
-
-class Progress(Protocol):
-    """Receives node life-cycle events (for live progress output)."""
-
-    def started(self, node: Node) -> None: ...
-
-    def finished(self, node: Node, result: dict) -> None: ...
-
-
-class Executor(Protocol):
-    """Runs `work(node)` for every node, each after all of its parents."""
-
-    def run(self, nodes: list[Node], work: Callable[[Node], dict], progress: Progress) -> None: ...
 
 
 class SequentialExecutor:
