@@ -21,21 +21,9 @@ from xstilts.report import write_report
 from xstilts.study import run_study
 from xstilts.study_spec import StudySpec, load_study
 from xstilts.errors import XstiltsError
+from helpers import INDONLI, SNLI, tiny_study
 
 
-def _spec(model_dir: Path, data_dir: Path, arms: list[dict], **target_train) -> dict:
-    return {
-        "name": "tiny", "model": str(model_dir), "data_dir": str(data_dir), "max_length": 64, "seeds": [3],
-        "intermediate_train": {"max_steps": 4, "batch_size": 8, "eval_every": 2},
-        "target": {"task": {"task": "mnli", "max_examples": 96},
-                   "train": {"max_steps": 6, "batch_size": 8, "eval_every": 3, **target_train}},
-        "evaluate": [{"task": "xnli", "split": "dev", "languages": ["en", "sw"], "max_examples": 40}],
-        "arms": arms,
-    }
-
-
-SNLI = {"name": "snli", "group": "english", "tasks": [{"task": "snli"}], "cap": 64}
-INDONLI = {"name": "indonli", "group": "low-resource", "tasks": [{"task": "indonli"}], "cap": 64}
 
 
 def _done_times(study_dir: Path) -> dict[str, float]:
@@ -44,7 +32,7 @@ def _done_times(study_dir: Path) -> dict[str, float]:
 
 def test_rerun_is_cached_and_new_arm_runs_only_new_nodes(tiny_model_dir, shared_data_dir, tmp_path, capsys):
     study_dir = tmp_path / "study"
-    spec = StudySpec(**_spec(tiny_model_dir, shared_data_dir, [SNLI]))
+    spec = StudySpec(**tiny_study(tiny_model_dir, shared_data_dir, [SNLI]))
     run_study(spec, study_dir)
     first = _done_times(study_dir)
     assert len(first) == len(build_graph(spec).nodes) == 5  # baseline target+eval, snli inter+target+eval
@@ -61,7 +49,7 @@ def test_rerun_is_cached_and_new_arm_runs_only_new_nodes(tiny_model_dir, shared_
     assert "5 cached, 0 to run" in capsys.readouterr().err
     assert _done_times(study_dir) == first
 
-    bigger = StudySpec(**_spec(tiny_model_dir, shared_data_dir, [SNLI, INDONLI]))
+    bigger = StudySpec(**tiny_study(tiny_model_dir, shared_data_dir, [SNLI, INDONLI]))
     run_study(bigger, study_dir)
     err = capsys.readouterr().err
     assert "5 cached, 3 to run" in err
@@ -95,7 +83,7 @@ def test_rerun_is_cached_and_new_arm_runs_only_new_nodes(tiny_model_dir, shared_
 
 
 def test_dry_run_lists_each_shared_node_once(tiny_model_dir, shared_data_dir, tmp_path, capsys):
-    spec = _spec(tiny_model_dir, shared_data_dir, [SNLI, {**SNLI, "name": "snli-again"}])
+    spec = tiny_study(tiny_model_dir, shared_data_dir, [SNLI, {**SNLI, "name": "snli-again"}])
     spec["evaluate"].append({"task": "americasnli", "split": "dev", "languages": ["aym"], "max_examples": 20})
     run_study(StudySpec(**spec), tmp_path / "study", dry_run=True)
     out = capsys.readouterr().out
@@ -121,7 +109,7 @@ def _wait_for(path_glob: str, root: Path, process: subprocess.Popen, timeout: fl
 
 
 def test_sigkill_mid_training_then_resume_gives_identical_results(tiny_model_dir, shared_data_dir, tmp_path):
-    spec = _spec(tiny_model_dir, shared_data_dir, [SNLI], max_steps=40, checkpoint_every=4, eval_every=8)
+    spec = tiny_study(tiny_model_dir, shared_data_dir, [SNLI], max_steps=40, checkpoint_every=4, eval_every=8)
     spec_file = tmp_path / "study.yaml"
     spec_file.write_text(yaml.safe_dump(spec))
     command = [sys.executable, "-m", "xstilts.cli", "study", str(spec_file), "--output"]
@@ -162,18 +150,9 @@ def test_shipped_studies_load_and_bad_key_is_named(tmp_path):
     ({"arms": ["snli", "snli-2"]}, "needs at least one English and one low-resource arm"),
 ])
 def test_primary_contrast_must_name_this_studys_evaluation_and_arms(tmp_path, primary, message):
-    spec = _spec(tmp_path, tmp_path, [SNLI, {**SNLI, "name": "snli-2"}, INDONLI])
+    spec = tiny_study(tmp_path, tmp_path, [SNLI, {**SNLI, "name": "snli-2"}, INDONLI])
     with pytest.raises(ValueError, match=message):
         StudySpec(**spec, primary=primary)
-
-
-def test_parallel_executor_matches_sequential(tiny_model_dir, shared_data_dir, tmp_path):
-    spec = StudySpec(**_spec(tiny_model_dir, shared_data_dir, [SNLI, INDONLI]))
-    run_study(spec, tmp_path / "sequential", workers=1)
-    run_study(spec, tmp_path / "parallel", workers=2)
-    sequential, parallel = (pd.read_csv(tmp_path / d / "results.csv") for d in ("sequential", "parallel"))
-    pd.testing.assert_frame_equal(sequential, parallel)
-    assert len(parallel) == 3 * 2  # baseline + 2 arms, 2 languages
 
 
 def test_edited_task_or_replaced_data_file_changes_exactly_the_affected_nodes(tiny_model_dir, shared_data_dir,
@@ -191,7 +170,7 @@ def test_edited_task_or_replaced_data_file_changes_exactly_the_affected_nodes(ti
     task_file = tasks / "my-snli.yaml"
     task_file.write_text(yaml.safe_dump(original))
     arm = {"name": "my-snli", "group": "english", "tasks": [{"task": "my-snli"}], "cap": 64}
-    spec = {**_spec(tiny_model_dir, shared_data_dir, [arm, INDONLI]), "task_dirs": [str(tasks)]}
+    spec = {**tiny_study(tiny_model_dir, shared_data_dir, [arm, INDONLI]), "task_dirs": [str(tasks)]}
     before = build_graph(StudySpec(**spec)).nodes
     mine = {name for name, node in before.items() if "my-snli" in node.label}
     assert len(mine) == 3
@@ -212,7 +191,7 @@ def test_two_drivers_on_one_directory_compute_every_node_once(tiny_model_dir, sh
     """Two `xstilts study` processes started together on one output directory: each node is trained or
     scored by one of them (the other waits on its lock and reads the result), and both write the same table."""
     spec_file = tmp_path / "study.yaml"
-    spec_file.write_text(yaml.safe_dump(_spec(tiny_model_dir, shared_data_dir, [SNLI])))
+    spec_file.write_text(yaml.safe_dump(tiny_study(tiny_model_dir, shared_data_dir, [SNLI])))
     command = [sys.executable, "-m", "xstilts.cli", "study", str(spec_file), "--output", str(tmp_path / "out")]
     drivers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                for _ in range(2)]
@@ -225,7 +204,7 @@ def test_two_drivers_on_one_directory_compute_every_node_once(tiny_model_dir, sh
     assert both.count("target mnli after snli seed 3: step 6 dev") == 1
     assert both.count("eval xnli/dev en:") == 2
     clean = tmp_path / "clean"
-    run_study(StudySpec(**_spec(tiny_model_dir, shared_data_dir, [SNLI])), clean)
+    run_study(StudySpec(**tiny_study(tiny_model_dir, shared_data_dir, [SNLI])), clean)
     results = pd.read_csv(tmp_path / "out" / "results.csv")
     pd.testing.assert_frame_equal(results.drop(columns="predictions"),
                                   pd.read_csv(clean / "results.csv").drop(columns="predictions"))

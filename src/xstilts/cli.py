@@ -22,6 +22,7 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _study(args: argparse.Namespace) -> None:
+    from xstilts.executors import make_executor
     from xstilts.study import run_study
     from xstilts.study_spec import load_study
 
@@ -29,7 +30,10 @@ def _study(args: argparse.Namespace) -> None:
     spec = load_study(args.study)
     if args.data_dir:
         spec = spec.model_copy(update={"data_dir": args.data_dir})
-    run_study(spec, args.output or Path("studies-out") / spec.name, workers=args.workers, dry_run=args.dry_run)
+    study_dir = args.output or Path("studies-out") / spec.name
+    executor = make_executor(args.executor, args.workers or spec.workers, study_dir, args.address, args.cpus_per_node,
+                             dict(args.slurm or []))
+    run_study(spec, study_dir, dry_run=args.dry_run, executor=executor)
 
 
 def _status(args: argparse.Namespace) -> None:
@@ -85,6 +89,15 @@ def _output_dir(output: Path | None) -> None:
         raise XstiltsError(f"{output}: --output names a file; give a directory")
 
 
+def _key_value(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE")
+    import yaml
+
+    return key.strip(), yaml.safe_load(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Sub-commands and their options."""
     parser = argparse.ArgumentParser(prog="xstilts", description="Intermediate-task transfer for zero-shot cross-lingual NLP.")
@@ -100,7 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("study", type=Path)
     study.add_argument("--output", type=Path, help="study directory (default: studies-out/NAME)")
     study.add_argument("--data-dir", help="folder of local data sets (default: $XSTILTS_DATA_DIR)")
-    study.add_argument("--workers", type=_positive, help="parallel local workers (default: the study's `workers`)")
+    study.add_argument("--workers", type=_positive, help="parallel local workers, or Slurm jobs at once "
+                                                          "(default: the study's `workers`)")
+    study.add_argument("--executor", choices=["local", "ray", "slurm"], default="local",
+                       help="where nodes run: local processes, a Ray cluster, or Slurm jobs (submitit)")
+    study.add_argument("--address", help="Ray: 'auto' (the cluster `ray start` began here) or HOST:PORT "
+                                         "(default: a local cluster for this study)")
+    study.add_argument("--cpus-per-node", type=float, help="CPUs each node asks for (Ray default 1, Slurm default 4)")
+    study.add_argument("--slurm", type=_key_value, action="append", metavar="KEY=VALUE",
+                       help="a submitit parameter, e.g. slurm_partition=gpu, gpus_per_node=1, timeout_min=120, "
+                            "or cluster=local to run the jobs here (repeatable)")
     study.add_argument("--dry-run", action="store_true", help="print the graph and what is cached; run nothing")
     study.set_defaults(handler=_study)
     status = commands.add_parser("status", help="show which phases of a study directory are finished")

@@ -14,7 +14,7 @@ from filelock import FileLock
 
 from xstilts.config import EvalData, TaskData, TrainConfig
 from xstilts.errors import XstiltsError
-from xstilts.executors.local import make_executor
+from xstilts.executors import Executor, make_executor
 from xstilts.graph import Graph, Node, build_graph, node_dir
 from xstilts.manifest import environment, write_json, write_text_atomically
 from xstilts.memory import peak_rss_mb
@@ -125,8 +125,10 @@ def describe(graph: Graph, study_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def run_study(spec: StudySpec, study_dir: Path, workers: int | None = None, dry_run: bool = False) -> Path | None:
-    """Run (or with `dry_run`, describe) a study; returns the results table's path."""
+def run_study(spec: StudySpec, study_dir: Path, workers: int | None = None, dry_run: bool = False,
+              executor: Executor | None = None) -> Path | None:
+    """Run (or with `dry_run`, describe) a study on `executor` (default: local, `workers` processes); returns the
+    results table's path."""
     graph = build_graph(spec)
     if dry_run:
         print(describe(graph, study_dir))
@@ -142,7 +144,8 @@ def run_study(spec: StudySpec, study_dir: Path, workers: int | None = None, dry_
     progress = StudyProgress(graph, study_dir, workers)
     todo = [node for node in graph.nodes.values() if node.name in progress.todo]
     print(f"[study] {len(graph.nodes)} nodes, {progress.cached} cached, {len(todo)} to run", file=sys.stderr)
-    make_executor(workers).run(todo, functools.partial(run_node, study_dir, spec.model_dump_json()), progress)
+    executor = executor or make_executor("local", workers, study_dir)
+    executor.run(todo, functools.partial(run_node, study_dir, spec.model_dump_json()), progress)
     path = write_results(spec, graph, study_dir)
     ran = phase_seconds(study_dir, todo)
     write_json(study_dir / "manifest.json", {

@@ -4,6 +4,7 @@ three classes behind that one protocol."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Protocol
 
 from xstilts.graph import Node
@@ -21,3 +22,24 @@ class Executor(Protocol):
     """Runs `work(node)` for every node, each after all of its parents."""
 
     def run(self, nodes: list[Node], work: Callable[[Node], dict], progress: Progress) -> None: ...
+
+
+def make_executor(kind: str, workers: int, study_dir: Path, address: str | None = None, cpus_per_node: float | None = None,
+                  slurm: dict | None = None) -> Executor:
+    """`local`: sequential for one worker, process-parallel for more; `ray`: a Ray cluster (`address`);
+    `slurm`: Slurm jobs through submitit, at most `workers` at once (submitit's `cluster` may be given in `slurm`)."""
+    if kind == "ray":
+        from xstilts.executors.ray_cluster import RayExecutor
+
+        return RayExecutor(address, cpus_per_node or 1)
+    if kind == "slurm":
+        from xstilts.executors.slurm import SlurmExecutor
+
+        parameters = dict(slurm or {})
+        cluster = parameters.pop("cluster", None)
+        if cpus_per_node:
+            parameters.setdefault("cpus_per_task", int(cpus_per_node))
+        return SlurmExecutor(study_dir / "slurm-logs", workers, parameters, cluster)
+    from xstilts.executors.local import ParallelExecutor, SequentialExecutor
+
+    return SequentialExecutor() if workers == 1 else ParallelExecutor(workers)

@@ -7,7 +7,7 @@ import multiprocessing
 import os
 from typing import Callable
 
-from xstilts.executors import Executor, Progress
+from xstilts.executors import Progress
 from xstilts.graph import Node
 
 
@@ -56,7 +56,3 @@ class ParallelExecutor:
                     progress.finished(node, future.result())
                     done.add(node.name)
 
-
-def make_executor(workers: int) -> Executor:
-    """Sequential for one worker, process-parallel for more."""
-    return SequentialExecutor() if workers == 1 else ParallelExecutor(workers)

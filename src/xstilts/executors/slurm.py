@@ -1,0 +1,70 @@
+"""Slurm through submitit: every node a Slurm job, submitted once its parents are finished, at most `jobs`
+in the queue at once. submitit's local cluster ("local") runs the same jobs as processes on this machine,
+which is how this path is tested without Slurm. Node outputs are written by the jobs under the study
+directory, which must be on a file system the compute nodes share with the submitting machine."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+from xstilts.errors import XstiltsError
+from xstilts.executors import Progress
+from xstilts.graph import Node
+
+DEFAULT_PARAMETERS = {"timeout_min": 240, "cpus_per_task": 4, "name": "xstilts"}
+
+
+class SlurmExecutor:
+    """`parameters` go to submitit's `update_parameters` (generic keys such as `timeout_min`, `cpus_per_task`,
+    `gpus_per_node`, `mem_gb`, or `slurm_`-prefixed ones such as `slurm_partition`); job logs go to `folder`."""
+
+    def __init__(self, folder: Path, jobs: int, parameters: dict | None = None, cluster: str | None = None,
+                 poll_seconds: float = 5.0) -> None:
+        self.folder = folder
+        self.jobs = jobs
+        self.parameters = {**DEFAULT_PARAMETERS, **(parameters or {})}
+        self.cluster = cluster
+        self.poll_seconds = poll_seconds
+
+    def run(self, nodes: list[Node], work: Callable[[Node], dict], progress: Progress) -> None:
+        try:
+            import submitit
+        except ImportError:
+            raise XstiltsError("--executor slurm needs submitit: pip install 'xstilts[slurm]'") from None
+        executor = submitit.AutoExecutor(folder=self.folder, cluster=self.cluster)
+        try:
+            executor.update_parameters(**self.parameters)
+        except (TypeError, ValueError) as error:
+            raise XstiltsError(f"--slurm: {error}") from None
+        pending = {node.name: node for node in nodes}
+        running: dict[str, tuple[object, Node]] = {}
+        done: set[str] = set()
+        while pending or running:
+            ready = [n for n in pending.values() if all(p in done or p not in {*pending, *running} for p in n.parents)]
+            for node in ready[: self.jobs - len(running)]:
+                del pending[node.name]
+                progress.started(node)
+                running[node.name] = (executor.submit(work, node), node)
+            if not running:
+                raise RuntimeError("graph has nodes whose parents never finish")
+            time.sleep(self.poll_seconds)
+            for name, (job, node) in list(running.items()):
+                if job.done():
+                    del running[name]
+                    try:
+                        result = job.result()
+                    except Exception as error:  # submitit raises FailedJobError holding the job's traceback
+                        raise XstiltsError(f"{node.label}: Slurm job {job.job_id} failed: {_last_error(error)} "
+                                           f"(logs: {self.folder})") from None
+                    progress.finished(node, result)
+                    done.add(name)
+
+
+def _last_error(error: Exception) -> str:
+    """The job's own exception line out of submitit's message (traceback between two dashed rules)."""
+    parts = str(error).split("----------------------\n")
+    trace = parts[1] if len(parts) > 2 else str(error)
+    last = [line for line in trace.splitlines() if line.strip()][-1]
+    return last.removeprefix(f"{XstiltsError.__module__}.{XstiltsError.__name__}: ")

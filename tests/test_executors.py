@@ -1,0 +1,103 @@
+"""Executors: local processes, a real local Ray cluster (with a worker killed mid-node) and submitit's local
+cluster give the same results table as the sequential executor."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from xstilts.errors import XstiltsError
+from xstilts.executors import make_executor
+from xstilts.executors.ray_cluster import RayExecutor
+from xstilts.study import run_study
+from xstilts.study_spec import StudySpec
+from helpers import INDONLI, SNLI, tiny_study
+
+
+@pytest.fixture(scope="module")
+def sequential(tiny_model_dir, shared_data_dir, tmp_path_factory) -> tuple[dict, pd.DataFrame]:
+    """The reference: the study's nodes one at a time in this process (the target long enough to be killed in)."""
+    spec = tiny_study(tiny_model_dir, shared_data_dir, [SNLI, INDONLI], max_steps=30, checkpoint_every=2, eval_every=10)
+    out = tmp_path_factory.mktemp("sequential")
+    run_study(StudySpec(**spec), out, workers=1)
+    return spec, _table(out)
+
+
+def _table(study_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(study_dir / "results.csv").drop(columns="predictions")
+
+
+def test_parallel_executor_matches_sequential(sequential, tmp_path):
+    spec, reference = sequential
+    run_study(StudySpec(**spec), tmp_path, workers=2)
+    pd.testing.assert_frame_equal(_table(tmp_path), reference)
+    assert len(reference) == 3 * 2  # baseline + 2 arms, 2 languages
+
+
+def _processes_titled(prefix: bytes) -> dict[int, bytes]:
+    """Ray names a worker's process `ray::<task name>` while it runs that task."""
+    found = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+        except OSError:
+            continue
+        if title.startswith(prefix):
+            found[int(pid)] = title
+    return found
+
+
+def test_ray_cluster_with_a_worker_killed_mid_node_matches_sequential(sequential, tmp_path):
+    """A real Ray cluster on loopback with 2 CPUs (2 workers at once). Once a target node has written its
+    first checkpoint, the worker running it is SIGKILLed; Ray retries the task on a fresh worker, which
+    resumes the node, and the table equals the sequential executor's."""
+    spec, reference = sequential
+    killed: list[str] = []
+
+    def kill_a_target_worker() -> None:
+        deadline = time.time() + 300
+        while time.time() < deadline and not killed:
+            for checkpoint in tmp_path.glob("nodes/target-*/checkpoint"):
+                if (checkpoint.parent / "DONE").exists():
+                    continue
+                for pid, title in _processes_titled(b"ray::xstilts-" + checkpoint.parent.name.encode()).items():
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(checkpoint.parent.name)
+                    return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_a_target_worker, daemon=True)
+    killer.start()
+    executor = RayExecutor(init_options={"num_cpus": 2, "_node_ip_address": "127.0.0.1", "log_to_driver": False})
+    run_study(StudySpec(**spec), tmp_path, executor=executor)
+    killer.join(timeout=1)
+    assert killed, "no target worker was caught mid-node"
+    node = tmp_path / "nodes" / killed[0]
+    assert (node / "DONE").exists()
+    pd.testing.assert_frame_equal(_table(tmp_path), reference)
+
+
+def test_submitit_local_cluster_matches_sequential(sequential, tmp_path):
+    """The Slurm path through submitit's local cluster: each node a job (a process here), logs kept."""
+    spec, reference = sequential
+    executor = make_executor("slurm", 2, tmp_path, slurm={"cluster": "local", "timeout_min": 30})
+    executor.poll_seconds = 0.5
+    run_study(StudySpec(**spec), tmp_path, executor=executor)
+    pd.testing.assert_frame_equal(_table(tmp_path), reference)
+    assert list((tmp_path / "slurm-logs").glob("*_log.err"))
+
+
+def test_a_failing_slurm_job_stops_the_study_with_one_line(sequential, tmp_path):
+    spec, _ = sequential
+    broken = {**spec, "model": str(tmp_path / "no-such-model")}
+    executor = make_executor("slurm", 1, tmp_path, slurm={"cluster": "local"})
+    executor.poll_seconds = 0.5
+    with pytest.raises(XstiltsError, match=r"Slurm job \S+ failed: .*no-such-model") as error:
+        run_study(StudySpec(**broken), tmp_path, executor=executor)
+    assert "\n" not in str(error.value)
