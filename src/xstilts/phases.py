@@ -18,6 +18,7 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from xstilts.config import EvalData, TaskData, TrainConfig
 from xstilts.cpu import CpuThreads
+from xstilts.distributed import current_ranks
 from xstilts.embedded_model import resolve_model
 from xstilts.errors import XstiltsError
 from xstilts.evaluation import accuracy, inference_weights, predict
@@ -137,11 +138,13 @@ def is_done(directory: Path) -> bool:
 
 
 def _finish(directory: Path, result: dict) -> dict:
-    """Write the result, then the DONE marker (last, atomically)."""
+    """Write the result, then the DONE marker (last, atomically); with several processes this is rank 0's
+    work, and the others wait for it at a barrier."""
     write_json(directory / RESULT_FILE, result)
     tmp = directory / (DONE_FILE + ".tmp")
     tmp.write_text(time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     os.replace(tmp, directory / DONE_FILE)
+    current_ranks().barrier()
     return result
 
 
@@ -182,6 +185,7 @@ def train_node(ctx: Context, out_dir: Path, *, tasks: list[TaskData], train: Tra
         train_tasks.append(TrainTask(data.task, features, dev))
         provenance += _provenance(splits)
     heads = {data.task: ctx.registry.get(data.task).labels for data in tasks}
+    ranks = current_ranks()
     torch.manual_seed(seed)
     if parent is None:
         model = MultiHeadModel(load_encoder(ctx.model, train.dropout, train.attention_dropout), heads, train.dropout,
@@ -197,15 +201,20 @@ def train_node(ctx: Context, out_dir: Path, *, tasks: list[TaskData], train: Tra
         trim = VocabTrim.from_features(everything, model.encoder.config.vocab_size, ctx.tokenizer.all_special_ids)
         train_tasks = [TrainTask(t.head, trim.remap(t.train), t.dev and trim.remap(t.dev)) for t in train_tasks]
         out_dir.mkdir(parents=True, exist_ok=True)
-        trim.shrink(model, out_dir / SPILLED_EMBEDDINGS_FILE)
+        spill = out_dir / SPILLED_EMBEDDINGS_FILE.replace(".", f".rank{ranks.rank}.", 1) if ranks.world > 1 else \
+            out_dir / SPILLED_EMBEDDINGS_FILE
+        trim.shrink(model, spill)
         pad_id = int(trim.full_to_trimmed[pad_id])
     metrics = train_phase(model, train_tasks, train, out_dir, seed=seed, pad_id=pad_id,
                           precision=ctx.precision, device=ctx.device, sampling=sampling, temperature=temperature,
                           description=description)
     if trim is not None:
         release_free_heap()  # the heap left fragmented by training, before the full matrix comes back
-        trim.expand(model, out_dir / SPILLED_EMBEDDINGS_FILE)
+        trim.expand(model, spill)
         metrics["vocabulary_in_training"] = len(trim.kept)
+    if not ranks.main:  # rank 0 writes the phase; the others read it
+        ranks.barrier()
+        return read_result(out_dir)
     model.save(out_dir)
     for leftover in (CHECKPOINT_DIR, BEST_DIR):
         shutil.rmtree(out_dir / leftover, ignore_errors=True)
@@ -220,6 +229,10 @@ def eval_node(ctx: Context, out_dir: Path, *, trained: Path, head: str, data: Ev
     """Score every language of an evaluation set with one head; writes per-example predictions.
     A capped evaluation set is the same subsample for every run and seed, so results stay paired."""
     if is_done(out_dir):
+        return read_result(out_dir)
+    ranks = current_ranks()
+    if not ranks.main:  # evaluation is rank 0's alone
+        ranks.barrier()
         return read_result(out_dir)
     spec = ctx.registry.get(data.task)
     model = inference_weights(load_trained(ctx.model, trained), ctx.precision).to(ctx.device)

@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from xstilts.config import RunConfig, load_config
+from xstilts.distributed import current_ranks
 from xstilts.errors import XstiltsError
 from xstilts.manifest import environment, write_json, write_text_atomically
 from xstilts.memory import peak_rss_mb
@@ -49,7 +50,9 @@ def run(config: RunConfig, output: Path) -> dict:
     """Run every phase of `config` into `output` (finished phases are skipped, interrupted ones resume)."""
     started = time.perf_counter()
     ctx = make_context(config)  # checks every input first: a failed check leaves nothing behind
-    _claim_output(config, output)
+    main = current_ranks().main  # with several processes (accelerate launch), rank 0 writes the run's files
+    if main:
+        _claim_output(config, output)
     metrics: dict = {}
     parent = None
     if config.intermediate:
@@ -68,6 +71,8 @@ def run(config: RunConfig, output: Path) -> dict:
                            head=target.task.task, data=data)
         metrics["evaluation"].setdefault(data.task, {})[data.split] = evaluation_summary(result)
         files += result["data"]
+    if not main:
+        return metrics
     write_json(output / "metrics.json", metrics)
     write_json(output / "manifest.json", {
         **environment(), "seed": config.seed, "model": ctx.model, "precision": ctx.precision,

@@ -25,6 +25,7 @@ from xstilts.memory import activation_checkpointing, needs_activation_checkpoint
 from xstilts.averaging import WeightAverage
 from xstilts.config import TrainConfig
 from xstilts.cpu import CpuThreads
+from xstilts.distributed import current_ranks
 from xstilts.errors import XstiltsError
 from xstilts.evaluation import accuracy, predict
 from xstilts.features import Features, collate, length_grouped_batches
@@ -199,7 +200,8 @@ def _train(model: MultiHeadModel, tasks: list[TrainTask], config: TrainConfig, o
            pad_id: int, precision: str, device: torch.device, sampling: str, temperature: float,
            description: str) -> dict:
     """The loop of `train_phase`."""
-    torch.manual_seed(seed)
+    ranks = current_ranks()
+    torch.manual_seed(seed + 7919 * ranks.rank)  # rank 0 draws what a single process draws
     model.to(device).train()
     if config.freeze_embeddings:
         model.encoder.get_input_embeddings().weight.requires_grad_(False)
@@ -210,15 +212,18 @@ def _train(model: MultiHeadModel, tasks: list[TrainTask], config: TrainConfig, o
     optimizer = _optimizer(model, config)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
     fingerprint = {"config": config.model_dump(), "seed": seed, "sizes": [len(task.train) for task in tasks],
-                   "heads": [task.head for task in tasks], "sampling": [sampling, temperature], "precision": precision}
+                   "heads": [task.head for task in tasks], "sampling": [sampling, temperature], "precision": precision,
+                   "world_size": ranks.world}
     average = WeightAverage() if config.average_from is not None else None
     average_start = math.ceil(config.average_from * total_steps) if average is not None else None
     state = _resume(out_dir, model, optimizer, scheduler, fingerprint, average)
     if state.step:
         print(f"{description}: resuming at step {state.step}/{total_steps}", file=sys.stderr)
     heads = [task.head for task in tasks]
+    trainable = [p for p in model.parameters() if p.requires_grad]
     progress = tqdm(total=total_steps, initial=state.step, desc=description, unit="step", dynamic_ncols=True,
-                    mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr)
+                    mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr, disable=not ranks.main)
+    say = progress.write if ranks.main else lambda text: None
     threads = CpuThreads() if device.type == "cpu" else None
     if threads is not None:
         threads.adapt(force=True)
@@ -227,23 +232,30 @@ def _train(model: MultiHeadModel, tasks: list[TrainTask], config: TrainConfig, o
         if threads is not None:
             threads.adapt()
         optimizer.zero_grad(set_to_none=True)
+        step_loss = 0.0
         for micro in range(config.grad_accumulation):
             task_index, indices = schedule[state.step * config.grad_accumulation + micro]
             task = tasks[task_index]
-            batch = collate(task.train, indices, pad_id, config.pad_to_multiple)
+            state.examples += len(indices)
+            state.tokens += int(task.train.lengths[indices].sum())
+            mine = ranks.shard(indices)
+            if not len(mine):
+                continue
+            batch = collate(task.train, mine, pad_id, config.pad_to_multiple)
             batch = {key: value.to(device) for key, value in batch.items()}
             labels = batch.pop("labels")
             with autocast(precision, device):
                 logits = model(heads[task_index], **batch)
-            loss = torch.nn.functional.cross_entropy(logits.float(), labels) / config.grad_accumulation
+            # a sum over this rank's rows divided by the global micro-batch: the ranks' sums add up to the mean
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum") / (
+                len(indices) * config.grad_accumulation)
             loss.backward()
-            state.examples += len(indices)
-            state.tokens += int(batch["attention_mask"].sum())
-            loss_value = loss.item() * config.grad_accumulation
-            if not math.isfinite(loss_value):
-                raise XstiltsError(f"{description}: the loss is {loss_value} at step {state.step + 1} (lr {config.lr}); "
-                                   "stopped before the weights took it in: lower lr or check the data")
-            state.loss_ema = loss_value if state.loss_ema is None else 0.95 * state.loss_ema + 0.05 * loss_value
+            step_loss += loss.item()
+        step_loss = ranks.sum_gradients(trainable, step_loss)
+        if not math.isfinite(step_loss):
+            raise XstiltsError(f"{description}: the loss is {step_loss} at step {state.step + 1} (lr {config.lr}); "
+                               "stopped before the weights took it in: lower lr or check the data")
+        state.loss_ema = step_loss if state.loss_ema is None else 0.95 * state.loss_ema + 0.05 * step_loss
         if config.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
         optimizer.step()
@@ -260,28 +272,29 @@ def _train(model: MultiHeadModel, tasks: list[TrainTask], config: TrainConfig, o
             scores = evaluate_dev(model, tasks, pad_id, precision, device)
             score = float(np.mean(list(scores.values())))
             state.history.append({"step": state.step, "dev": scores, "score": score, "loss": state.loss_ema})
-            progress.write(f"{description}: step {state.step} dev {score:.4f} " + " ".join(f"{k}={v:.4f}" for k, v in scores.items()))
+            say(f"{description}: step {state.step} dev {score:.4f} " + " ".join(f"{k}={v:.4f}" for k, v in scores.items()))
             if state.best_score is None or score > state.best_score:
                 state.best_score, state.best_step, state.evals_without_gain = score, state.step, 0
-                if config.select_best and average is None:
+                if config.select_best and average is None and ranks.main:
                     model.save(out_dir / BEST_DIR)
             else:
                 state.evals_without_gain += 1
                 if config.patience and state.evals_without_gain >= config.patience:
-                    progress.write(f"{description}: early stop after {state.evals_without_gain} evaluations without gain")
+                    say(f"{description}: early stop after {state.evals_without_gain} evaluations without gain")
                     finished = True
         if finished:
             break
-        if state.step % config.checkpoint_every == 0:
+        if state.step % config.checkpoint_every == 0 and ranks.main:
             _save_checkpoint(out_dir, model, optimizer, scheduler, state, fingerprint, average)
     progress.close()
+    ranks.barrier()  # rank 0 has written the best weights
     averaged = {}
     if average is not None and average.count:
         average.apply(model)
         selected = f"average of {average.count}"
         if has_dev:
             averaged["average_dev"] = float(np.mean(list(evaluate_dev(model, tasks, pad_id, precision, device).values())))
-            progress.write(f"{description}: averaged weights ({average.count} snapshots) dev {averaged['average_dev']:.4f}")
+            say(f"{description}: averaged weights ({average.count} snapshots) dev {averaged['average_dev']:.4f}")
     elif has_dev and config.select_best and (out_dir / BEST_DIR).exists():
         model.load_state_dict(load_file(str(out_dir / BEST_DIR / WEIGHTS_FILE)))
         selected = "best"

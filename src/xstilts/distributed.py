@@ -1,0 +1,69 @@
+"""Data-parallel training of one phase over several processes (DDP semantics), launched by
+`accelerate launch --num_processes N` (or `torchrun`): every process runs the same phases; each optimizer
+step's micro-batches are the single-process schedule's, sliced by rank (`rows[rank::world]`), and the
+gradients are summed over ranks once per optimizer step (after accumulation, one flat all-reduce) with each
+rank's loss divided by the *global* micro-batch size, so the update is the single-process update up to
+floating-point summation order. The process group comes from accelerate's `PartialState` (gloo on CPU,
+NCCL on CUDA, one GPU per local rank). Only rank 0 writes checkpoints, best weights, results and DONE;
+the others wait at a barrier and read what it wrote."""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place among the processes training together (0 of 1 when alone)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        """Whether this process writes the phase's files."""
+        return self.rank == 0
+
+    def shard(self, rows: np.ndarray) -> np.ndarray:
+        """This rank's rows of one global micro-batch."""
+        return rows if self.world == 1 else rows[self.rank::self.world]
+
+    def sum_gradients(self, parameters: list[torch.nn.Parameter], loss: float) -> float:
+        """Sum gradients and the loss over ranks in place. A parameter no rank used keeps no gradient (the
+        optimizer skips it, as it would alone); one used by only some ranks gets zeros from the others."""
+        if self.world == 1:
+            return loss
+        used = torch.tensor([p.grad is not None for p in parameters] + [1.0], dtype=torch.float32)
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in parameters]
+                         + [torch.tensor([loss], dtype=parameters[0].dtype, device=parameters[0].device)])
+        used = used.to(flat.device)
+        torch.distributed.all_reduce(flat)
+        torch.distributed.all_reduce(used)
+        offset = 0
+        for parameter, count in zip(parameters, used.tolist()):
+            size = parameter.numel()
+            parameter.grad = flat[offset:offset + size].view_as(parameter).clone() if count else None
+            offset += size
+        return float(flat[-1])
+
+    def barrier(self) -> None:
+        """Wait until every rank gets here."""
+        if self.world > 1:
+            torch.distributed.barrier()
+
+
+@functools.cache
+def current_ranks() -> Ranks:
+    """The process group a launcher set up (WORLD_SIZE > 1), joined once; else a single process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Ranks()
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    return Ranks(state.process_index, state.num_processes)
+
