@@ -93,11 +93,22 @@ def test_submitit_local_cluster_matches_sequential(sequential, tmp_path):
     assert list((tmp_path / "slurm-logs").glob("*_log.err"))
 
 
-def test_a_failing_slurm_job_stops_the_study_with_one_line(sequential, tmp_path):
+@pytest.mark.parametrize("kind", ["slurm", "ray"])
+def test_a_failing_node_stops_the_study_with_one_line(sequential, tmp_path, kind):
     spec, _ = sequential
     broken = {**spec, "model": str(tmp_path / "no-such-model")}
-    executor = make_executor("slurm", 1, tmp_path, slurm={"cluster": "local"})
-    executor.poll_seconds = 0.5
-    with pytest.raises(XstiltsError, match=r"Slurm job \S+ failed: .*no-such-model") as error:
+    if kind == "slurm":
+        executor = make_executor("slurm", 1, tmp_path, slurm={"cluster": "local"})
+        executor.poll_seconds = 0.5
+    else:
+        executor = RayExecutor(init_options={"num_cpus": 1, "_node_ip_address": "127.0.0.1", "log_to_driver": False})
+    with pytest.raises(XstiltsError, match=r"no-such-model: cannot load this model") as error:
         run_study(StudySpec(**broken), tmp_path, executor=executor)
+    assert "\n" not in str(error.value)
+
+
+def test_an_unknown_slurm_parameter_is_one_line(tmp_path):
+    executor = make_executor("slurm", 1, tmp_path, slurm={"cluster": "local", "bogus_key": 1})
+    with pytest.raises(XstiltsError, match=r"--slurm: Unknown executor 'bogus' in parameter 'bogus_key'") as error:
+        executor.run([], lambda node: {}, None)
     assert "\n" not in str(error.value)

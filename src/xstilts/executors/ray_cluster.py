@@ -61,5 +61,12 @@ class RayExecutor:
                     progress.started(node)
             ready, _ = ray.wait(list(waiting), num_returns=1)
             node = waiting.pop(ready[0])
-            progress.finished(node, ray.get(ready[0]))
+            try:
+                result = ray.get(ready[0])
+            except ray.exceptions.RayTaskError as error:  # its text carries the worker's traceback
+                if isinstance(error.cause, XstiltsError):
+                    raise XstiltsError(f"{node.label}: {error.cause}") from None
+                raise XstiltsError(f"{node.label}: the Ray task failed: {type(error.cause).__name__}: "
+                                   f"{str(error.cause).strip().splitlines()[-1]}") from None
+            progress.finished(node, result)
             done.add(node.name)

@@ -36,8 +36,9 @@ class SlurmExecutor:
         executor = submitit.AutoExecutor(folder=self.folder, cluster=self.cluster)
         try:
             executor.update_parameters(**self.parameters)
-        except (TypeError, ValueError) as error:
-            raise XstiltsError(f"--slurm: {error}") from None
+        except (NameError, TypeError, ValueError) as error:  # submitit names an unknown key with a NameError
+            raise XstiltsError(f"--slurm: {str(error).splitlines()[0]} (generic keys: timeout_min, mem_gb, "
+                               "cpus_per_task, gpus_per_node, ...; Slurm's own with a slurm_ prefix)") from None
         pending = {node.name: node for node in nodes}
         running: dict[str, tuple[object, Node]] = {}
         done: set[str] = set()
