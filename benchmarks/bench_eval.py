@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/eval.json"))
     args = parser.parse_args()
     from xstilts.evaluation import inference_weights, predict
-    from xstilts.features import tokenize
+    from xstilts.task_types.classification import TYPE as CLASSIFICATION
     from xstilts.model import load_trained
     from xstilts.phases import Context
     from xstilts.tasks import load_registry
@@ -65,7 +65,7 @@ def main() -> None:
         labels = np.array([r.label for r in rows])
         ref_predictions, ref_seconds = reference_predict(reference, ctx.tokenizer, rows)
         started = time.perf_counter()
-        features = tokenize(rows, ctx.tokenizer, MAX_LENGTH)
+        features = CLASSIFICATION.featurize(rows, ctx.tokenizer, MAX_LENGTH)
         ours = predict(model, args.head, features, ctx.tokenizer.pad_token_id, ctx.precision, ctx.device)
         seconds["xstilts"] += time.perf_counter() - started
         seconds["reference"] += ref_seconds

@@ -12,7 +12,7 @@ import torch
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from xstilts.embedded_model import ensure_default_model
-from xstilts.model import MultiHeadModel, load_encoder
+from xstilts.model import HeadSpec, MultiHeadModel, load_encoder
 from xstilts.tasks import load_registry
 from xstilts.tasks.readers import read_split
 
@@ -59,7 +59,7 @@ class TrainerAdapter(torch.nn.Module):
 def fresh_model(seed: int, head: str = "mnli") -> MultiHeadModel:
     """The embedded encoder with a new head, initialised from `seed` (as xstilts' target phase does)."""
     torch.manual_seed(seed)
-    return MultiHeadModel(load_encoder(str(ensure_default_model())), {head: load_registry().get(head).labels})
+    return MultiHeadModel(load_encoder(str(ensure_default_model())), {head: HeadSpec("classification", tuple(load_registry().get(head).labels))})
 
 
 def write_results(path: Path, results: dict) -> None:

@@ -62,7 +62,7 @@ def test_run_directory_layout(real_run):
         assert (output / phase / "model.safetensors").is_file()
         assert not (output / phase / "checkpoint").exists() and not (output / phase / "best").exists()
     heads = json.loads((output / "target" / "heads.json").read_text())
-    assert heads == {"mnli": ["entailment", "neutral", "contradiction"]}
+    assert heads == {"mnli": {"type": "classification", "labels": ["entailment", "neutral", "contradiction"]}}
     for task in EVAL:
         assert (output / f"eval-{task}-dev" / "DONE").is_file()
 

@@ -18,6 +18,8 @@ from helpers import one_line_error
 NLI = ["entailment", "neutral", "contradiction"]
 XNLI_LANGUAGES = ["en", "fr", "es", "de", "el", "bg", "ru", "tr", "ar", "vi", "th", "zh", "hi", "sw", "ur"]
 AMERICAS = ["aym", "bzd", "cni", "gn", "hch", "nah", "oto", "quy", "shp", "tar"]
+TATOEBA_LANGUAGES = ("afr ara ben bul cmn deu ell est eus fin fra heb hin hun ind ita jav jpn kat kaz kor mal mar nld "
+                     "pes por rus spa swh tam tel tgl tha tur urd vie").split()
 
 # Rows per language as stated by the data README (/work/shared/data/README.md); AmericasNLI states ranges.
 EXPECTED_ROWS = {
@@ -41,6 +43,12 @@ EXPECTED_ROWS = {
     ("indonli-mt", "train"): {"id": 10330},
     ("indonli-mt", "dev"): {"id": 2198 - 40},  # 40 rows have gold label '-'
     ("klue-nli", "dev"): {"ko": 3000},
+    ("hellaswag", "train"): {"en": 9042},  # the validation file's first 9,042 items; the last 1,000 are dev
+    ("hellaswag", "dev"): {"en": 1000},
+    ("cosmosqa", "train"): {"en": 2485},  # the validation file's first 2,485 questions; the last 500 are dev
+    ("cosmosqa", "dev"): {"en": 500},
+    ("tatoeba", "test"): {lang: {"jav": 205, "kat": 746, "kaz": 575, "mal": 687, "swh": 390, "tam": 307, "tel": 234,
+                                 "tha": 548}.get(lang, 1000) for lang in TATOEBA_LANGUAGES},
 }
 AMERICAS_RANGES = {"dev": (222, 743), "test": (738, 750)}
 SKIPPED = {("indonli-mt", "dev"): 40}
@@ -57,13 +65,16 @@ def _local_splits() -> list[tuple[str, str]]:
 def test_builtin_registry_loads_every_yaml():
     registry = load_registry()
     files = sorted(BUILTIN_DIR.glob("*.yaml"))
-    assert len(files) == len(registry.tasks) == 11
+    assert len(files) == len(registry.tasks) == 14
     assert set(registry.tasks) == {
-        "americasnli", "indonli", "indonli-mt", "klue-nli", "mnli", "qnli", "qqp", "rte", "snli", "sst2", "xnli"}
+        "americasnli", "indonli", "indonli-mt", "klue-nli", "mnli", "qnli", "qqp", "rte", "snli", "sst2", "xnli",
+        "hellaswag", "cosmosqa", "tatoeba"}
     for name, spec in registry.tasks.items():
         assert spec.name == name
         assert spec.local is not None, name  # every built-in task has local files in the shared data
-        assert len(set(spec.labels)) == len(spec.labels) >= 2
+        if spec.type == "classification":
+            assert len(set(spec.labels)) == len(spec.labels) >= 2
+    assert registry.get("tatoeba").languages == TATOEBA_LANGUAGES
     assert registry.get("xnli").languages == XNLI_LANGUAGES
     assert registry.get("americasnli").languages == AMERICAS
     assert registry.get("mnli").labels == registry.get("xnli").labels == NLI
@@ -86,11 +97,16 @@ def test_builtin_split_reads_real_data(shared_data_dir, task, split):
         assert Path(data.source).is_file() and Path(data.source).is_relative_to(shared_data_dir)
         assert len(data.sha256) == 64
         labels = {example.label for example in data.examples}
-        assert labels <= set(range(len(spec.labels)))
-        assert len(labels) >= 2, "a real split has more than one label"
+        if spec.type == "retrieval":
+            assert labels == {-1}  # the target is the row itself
+            assert all(example.text_a and example.text_b for example in data.examples)
+        else:
+            assert labels <= set(range(spec.choices or len(spec.labels)))
+            assert len(labels) >= 2, "a real split has more than one label"
         for example in data.examples[:50]:
             assert isinstance(example.text_a, str) and example.text_a
-            assert (example.text_b is None) == (task == "sst2")
+            assert (example.text_b is None) == (task == "sst2" or spec.type == "multiple_choice")
+            assert len(example.choices) == (spec.choices or 0)
         counts[language] = len(data.examples)
     if task == "americasnli":
         low, high = AMERICAS_RANGES[split]

@@ -23,9 +23,9 @@ from xstilts.attention import CPU_TRAINING_ATTENTION, training_attention
 from xstilts.cli import main
 from xstilts.config import TaskData, TrainConfig, parse_config
 from xstilts.errors import XstiltsError
-from xstilts.evaluation import accuracy, predict
-from xstilts.features import collate, tokenize
-from xstilts.model import HEADS_FILE, WEIGHTS_FILE, MultiHeadModel, load_checkpoint, load_encoder, load_trained
+from xstilts.evaluation import predict
+from xstilts.features import collate
+from xstilts.model import HEADS_FILE, WEIGHTS_FILE, HeadSpec, MultiHeadModel, load_checkpoint, load_encoder, load_trained
 from xstilts.phases import SPILLED_EMBEDDINGS_FILE, Context, _carried_heads, train_node
 from xstilts import memory
 from xstilts.memory import training_memory_bytes
@@ -33,12 +33,14 @@ from xstilts.pipeline import run
 from xstilts.tasks import load_registry
 from xstilts.tasks.readers import read_split
 from xstilts.precision import autocast
+from xstilts.task_types.classification import TYPE as CLASSIFICATION
 from xstilts.training import TrainTask, load_training_state, train_phase
 from xstilts.vocab import VocabTrim
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 NLI = ["entailment", "neutral", "contradiction"]
+NLI_HEAD = HeadSpec("classification", tuple(NLI))
 EMBEDDINGS = "encoder.embeddings.word_embeddings.weight"
 
 
@@ -93,7 +95,7 @@ def _keyword_task(root: Path) -> tuple[Path, Path]:
 
 
 def _dev_loss(model: MultiHeadModel, tokenizer, examples) -> float:
-    features = tokenize(examples, tokenizer, 64)
+    features = CLASSIFICATION.featurize(examples, tokenizer, 64)
     batch = collate(features, np.arange(len(features)), tokenizer.pad_token_id)
     labels = batch.pop("labels")
     model.eval()
@@ -125,7 +127,7 @@ def test_learns_a_keyword_task_from_a_user_task_folder(tmp_path, tiny_model_dir)
     spec = load_registry([tasks]).get("keyword")
     dev = read_split(spec, "dev", "en", data).examples
     torch.manual_seed(0)
-    untrained = MultiHeadModel(load_encoder(str(tiny_model_dir)), {"keyword": spec.labels})
+    untrained = MultiHeadModel(load_encoder(str(tiny_model_dir)), {"keyword": HeadSpec("classification", tuple(spec.labels))})
     before = _dev_loss(untrained, tokenizer, dev)
     after = _dev_loss(load_trained(str(tiny_model_dir), tmp_path / "run" / "target"), tokenizer, dev)
     assert before > 0.6 and after < 0.5 * before, (before, after)
@@ -216,12 +218,12 @@ def test_resume_after_sigkill_is_exact(tmp_path, tiny_model_dir, shared_data_dir
 
 def test_checkpoint_from_other_settings_is_refused(tmp_path, ctx, capsys):
     features, _ = ctx.rows(TaskData(task="mnli", max_examples=32), 1)
-    tasks = [TrainTask("mnli", features)]
+    tasks = [TrainTask("mnli", CLASSIFICATION, features)]
     train = TrainConfig(max_steps=3, batch_size=16, checkpoint_every=2, lr=1e-3)
 
     def phase(config: TrainConfig) -> dict:
         torch.manual_seed(1)
-        model = MultiHeadModel(load_encoder(ctx.model), {"mnli": NLI})
+        model = MultiHeadModel(load_encoder(ctx.model), {"mnli": NLI_HEAD})
         return train_phase(model, tasks, config, tmp_path, seed=1, pad_id=ctx.tokenizer.pad_token_id,
                            precision="fp32", device=torch.device("cpu"))
 
@@ -254,8 +256,8 @@ def test_a_crafted_or_damaged_training_state_is_refused(tmp_path, ctx):
     train = TrainConfig(max_steps=3, batch_size=16, checkpoint_every=2)
 
     def phase() -> dict:
-        model = MultiHeadModel(load_encoder(ctx.model), {"mnli": NLI})
-        return train_phase(model, [TrainTask("mnli", features)], train, tmp_path, seed=1,
+        model = MultiHeadModel(load_encoder(ctx.model), {"mnli": NLI_HEAD})
+        return train_phase(model, [TrainTask("mnli", CLASSIFICATION, features)], train, tmp_path, seed=1,
                            pad_id=ctx.tokenizer.pad_token_id, precision="fp32", device=torch.device("cpu"))
 
     phase()
@@ -281,9 +283,9 @@ def test_non_finite_numbers_stop_before_training(tmp_path, ctx):
         parse_config({"target": {"task": {"task": "mnli"}, "train": {"lr": float("inf")}},
                       "evaluate": [{"task": "xnli"}]}, "test")
     features, _ = ctx.rows(TaskData(task="mnli", max_examples=64), 1)
-    model = MultiHeadModel(load_encoder(ctx.model), {"mnli": NLI})
+    model = MultiHeadModel(load_encoder(ctx.model), {"mnli": NLI_HEAD})
     with pytest.raises(XstiltsError, match=r"the loss is nan at step \d+ \(lr 1e\+30\); stopped before the weights"):
-        train_phase(model, [TrainTask("mnli", features)], TrainConfig(max_steps=20, batch_size=8, lr=1e30,
+        train_phase(model, [TrainTask("mnli", CLASSIFICATION, features)], TrainConfig(max_steps=20, batch_size=8, lr=1e30,
                                                                       max_grad_norm=None), tmp_path, seed=1,
                     pad_id=ctx.tokenizer.pad_token_id, precision="fp32", device=torch.device("cpu"))
     assert not (tmp_path / "best").exists()  # nothing was saved from the diverged run
@@ -357,11 +359,11 @@ def test_frozen_embeddings_stay_exactly_as_pretrained(tmp_path, ctx, tiny_model_
 def test_checkpoint_average_is_the_mean_of_the_snapshots(tmp_path, ctx):
     features, _ = ctx.rows(TaskData(task="mnli", max_examples=48), 1)
     dev, _ = ctx.rows(TaskData(task="mnli", max_examples=32), 0, split="dev")
-    tasks = [TrainTask("mnli", features, dev)]
+    tasks = [TrainTask("mnli", CLASSIFICATION, features, dev)]
 
     def phase(out: Path, **settings) -> tuple[dict, dict[str, torch.Tensor]]:
         torch.manual_seed(1)
-        model = MultiHeadModel(load_encoder(ctx.model), {"mnli": NLI})
+        model = MultiHeadModel(load_encoder(ctx.model), {"mnli": NLI_HEAD})
         config = TrainConfig(max_steps=4, batch_size=16, lr=1e-3, eval_every=2, checkpoint_every=2, **settings)
         metrics = train_phase(model, tasks, config, out, seed=1, pad_id=ctx.tokenizer.pad_token_id,
                               precision="fp32", device=torch.device("cpu"))
@@ -376,9 +378,9 @@ def test_checkpoint_average_is_the_mean_of_the_snapshots(tmp_path, ctx):
         torch.testing.assert_close(value, (at_step_2[key] + last[key]) / 2, rtol=1e-6, atol=1e-7, msg=key)
     assert not torch.equal(mean["heads.mnli.out_proj.weight"], last["heads.mnli.out_proj.weight"])
     # its dev accuracy is measured and reported
-    model = MultiHeadModel(load_encoder(ctx.model), {"mnli": NLI})
+    model = MultiHeadModel(load_encoder(ctx.model), {"mnli": NLI_HEAD})
     model.load_state_dict(mean)
-    expected = accuracy(predict(model, "mnli", dev, ctx.tokenizer.pad_token_id, "fp32", torch.device("cpu")), dev.labels)
+    expected = CLASSIFICATION.score(predict(model, "mnli", dev, ctx.tokenizer.pad_token_id, "fp32", torch.device("cpu")), dev.labels)
     assert averaged["average_dev"] == expected
 
 
@@ -419,11 +421,11 @@ def _close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 def test_carry_encoder_and_head(ctx, tmp_path, intermediate_dirs):
     parent = intermediate_dirs["snli"]
-    assert json.loads((parent / HEADS_FILE).read_text()) == {"snli": NLI}
-    assert _carried_heads(parent, {"mnli": NLI}) == {"mnli": "snli"}
+    assert json.loads((parent / HEADS_FILE).read_text()) == {"snli": {"type": "classification", "labels": NLI}}
+    assert _carried_heads(parent, {"mnli": NLI_HEAD}) == {"mnli": "snli"}
     inter = _weights(parent)
     # the loader copies the intermediate head under the target's name, exactly
-    loaded = load_checkpoint(ctx.model, parent, {"mnli": NLI}, {"mnli": "snli"})
+    loaded = load_checkpoint(ctx.model, parent, {"mnli": NLI_HEAD}, {"mnli": "snli"})
     assert loaded.labels == {"mnli": NLI}
     state = {k: v.detach() for k, v in loaded.state_dict().items()}
     for key, value in _head(inter, "snli").items():
@@ -440,7 +442,7 @@ def test_carry_encoder_and_head(ctx, tmp_path, intermediate_dirs):
 def test_carry_encoder_gives_a_fresh_head(ctx, tmp_path, intermediate_dirs):
     parent = intermediate_dirs["snli"]
     inter = _weights(parent)
-    loaded = load_checkpoint(ctx.model, parent, {"mnli": NLI}, {})
+    loaded = load_checkpoint(ctx.model, parent, {"mnli": NLI_HEAD}, {})
     state = {k: v.detach() for k, v in loaded.state_dict().items()}
     for key, value in _encoder(inter).items():
         assert torch.equal(state[key], value), key
@@ -451,7 +453,7 @@ def test_carry_encoder_gives_a_fresh_head(ctx, tmp_path, intermediate_dirs):
     assert not _close(_head(target, "mnli"), _head(inter, "snli"))
     # a fresh head is initialised like any new head, from the run's seed
     torch.manual_seed(2)
-    expected = MultiHeadModel(load_encoder(ctx.model), {"mnli": NLI}).heads["mnli"].state_dict()
+    expected = MultiHeadModel(load_encoder(ctx.model), {"mnli": NLI_HEAD}).heads["mnli"].state_dict()
     assert _close(_head(target, "mnli"), dict(expected))
 
 
@@ -474,7 +476,7 @@ def test_carry_with_two_matching_heads_is_an_error(ctx, tmp_path):
                                    TaskData(task="mnli", split="dev", max_examples=16)], train=train, seed=2)
     assert set(json.loads((parent / HEADS_FILE).read_text())) == {"snli", "rte", "mnli"}
     with pytest.raises(XstiltsError) as excinfo:
-        _carried_heads(parent, {"mnli": NLI})
+        _carried_heads(parent, {"mnli": NLI_HEAD})
     assert "'snli'" in str(excinfo.value) and "'mnli'" in str(excinfo.value)
 
 
@@ -578,7 +580,7 @@ def test_training_switches_attention_and_checkpointing_on_and_back(tmp_path, ctx
     assert training_attention("model", torch.device("cpu")) is None
     assert training_attention("eager", torch.device("cpu")) == "eager"
     features, _ = ctx.rows(TaskData(task="mnli", max_examples=16), 1)
-    model = MultiHeadModel(load_encoder(ctx.model), {"mnli": NLI})
+    model = MultiHeadModel(load_encoder(ctx.model), {"mnli": NLI_HEAD})
     seen = []
     original = model.encoder.forward
 
@@ -587,11 +589,11 @@ def test_training_switches_attention_and_checkpointing_on_and_back(tmp_path, ctx
         return original(*args, **kwargs)
 
     model.encoder.forward = spy
-    train_phase(model, [TrainTask("mnli", features)], TrainConfig(max_steps=2, batch_size=8), tmp_path, seed=1,
+    train_phase(model, [TrainTask("mnli", CLASSIFICATION, features)], TrainConfig(max_steps=2, batch_size=8), tmp_path, seed=1,
                 pad_id=1, precision="fp32", device=torch.device("cpu"))
     assert seen == [(CPU_TRAINING_ATTENTION, False)] * 2  # plenty of memory for this model: no checkpointing
     seen.clear()
-    train_phase(model, [TrainTask("mnli", features)], TrainConfig(max_steps=2, batch_size=8, activation_checkpointing=True),
+    train_phase(model, [TrainTask("mnli", CLASSIFICATION, features)], TrainConfig(max_steps=2, batch_size=8, activation_checkpointing=True),
                 tmp_path / "checkpointed", seed=1, pad_id=1, precision="fp32", device=torch.device("cpu"))
     assert seen == [(CPU_TRAINING_ATTENTION, True)] * 2
     assert (model.encoder.config._attn_implementation, model.encoder.is_activation_checkpointing) == ("sdpa", False)

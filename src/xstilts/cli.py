@@ -36,6 +36,14 @@ def _study(args: argparse.Namespace) -> None:
     run_study(spec, study_dir, dry_run=args.dry_run, executor=executor)
 
 
+def _tasks(args: argparse.Namespace) -> None:
+    from xstilts.pipeline import resolve_data_dir
+    from xstilts.tasks.catalogue import describe_tasks
+    from xstilts.tasks.registry import load_registry
+
+    print(describe_tasks(load_registry(args.task_dir or []), resolve_data_dir(args.data_dir)))
+
+
 def _status(args: argparse.Namespace) -> None:
     from xstilts.study import study_status
 
@@ -125,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "or cluster=local to run the jobs here (repeatable)")
     study.add_argument("--dry-run", action="store_true", help="print the graph and what is cached; run nothing")
     study.set_defaults(handler=_study)
+    tasks = commands.add_parser("tasks", help="list every task a study can name: type, metric, languages, "
+                                              "splits, sources")
+    tasks.add_argument("--task-dir", type=Path, action="append", help="a folder of your own task YAML files (repeatable)")
+    tasks.add_argument("--data-dir", help="folder of local data sets (default: $XSTILTS_DATA_DIR)")
+    tasks.set_defaults(handler=_tasks)
     status = commands.add_parser("status", help="show which phases of a study directory are finished")
     status.add_argument("study_dir", type=Path)
     status.set_defaults(handler=_status)

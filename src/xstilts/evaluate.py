@@ -7,6 +7,8 @@
   the evaluation, so the directory still describes what it holds.
 - a trained model directory (any phase of a run or a study node: heads.json + model.safetensors): scored
   with the head whose labels are the task's, into `--output`.
+- for a retrieval task (Tatoeba), also a base model ('embedded', a Hugging Face name or folder): its encoder,
+  into `--output`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import yaml
 from xstilts.config import EvalData, load_config
 from xstilts.errors import XstiltsError
 from xstilts.manifest import write_json, write_text_atomically
-from xstilts.model import HEADS_FILE
+from xstilts.model import HEADS_FILE, read_heads
 from xstilts.phases import Context, check_plan, eval_node
 from xstilts.pipeline import evaluation_summary, format_table, make_context, resolve_data_dir
 from xstilts.study import run_study
@@ -58,15 +60,22 @@ def evaluate_run(run_dir: Path, data: EvalData) -> dict:
 
 def evaluate_model(model_dir: Path, data: EvalData, output: Path, base_model: str, data_dir: str | None,
                    max_length: int) -> dict:
-    """Score a trained model directory with its head for the task's labels; predictions and result in `output`."""
-    heads = json.loads((model_dir / HEADS_FILE).read_text(encoding="utf-8"))
+    """Score a trained model directory with its head for the task's labels, or for a retrieval task its encoder
+    (a trained model's, or `model_dir` naming a base model); predictions and result in `output`."""
     registry = load_registry()
-    labels = registry.get(data.task).labels
-    matching = [head for head, head_labels in heads.items() if head_labels == labels]
-    if len(matching) != 1:
-        raise XstiltsError(f"{model_dir}: {len(matching)} heads have the labels of {data.task!r} ({labels}); "
-                           f"the heads are {heads}")
+    spec = registry.get(data.task)
     resolved = resolve_data_dir(data_dir)
+    if spec.type == "retrieval" or not (model_dir / HEADS_FILE).is_file():  # an encoder is all retrieval needs
+        check_plan(registry, resolved, [], data.task, [data])
+        ctx = Context.create(base_model if (model_dir / HEADS_FILE).is_file() else str(model_dir), registry, resolved,
+                             max_length, "auto")
+        return eval_node(ctx, output, trained=model_dir if (model_dir / HEADS_FILE).is_file() else None, head=None,
+                         data=data)
+    heads = read_heads(model_dir)
+    matching = [head for head, head_spec in heads.items() if head_spec.type == spec.type and list(head_spec.labels) == spec.labels]
+    if len(matching) != 1:
+        raise XstiltsError(f"{model_dir}: {len(matching)} heads have the labels of {data.task!r} ({spec.labels}); "
+                           f"the heads are {({name: list(h.labels) for name, h in heads.items()})}")
     check_plan(registry, resolved, [], data.task, [data])
     ctx = Context.create(base_model, registry, resolved, max_length, "auto")
     return eval_node(ctx, output, trained=model_dir, head=matching[0], data=data)
@@ -79,10 +88,11 @@ def evaluate(target: Path, data: EvalData, output: Path | None = None, base_mode
         return f"results: {evaluate_study(target, data)}"
     if (target / "config.yaml").is_file():
         return format_table(evaluate_run(target, data))
-    if (target / HEADS_FILE).is_file():
+    retrieval = load_registry().get(data.task).type == "retrieval"
+    if (target / HEADS_FILE).is_file() or retrieval:
         if output is None:
             raise XstiltsError(f"{target}: a model directory is scored into --output DIR; give one")
         result = evaluate_model(target, data, output, base_model, data_dir, max_length)
         return format_table({data.task: {data.split: evaluation_summary(result)}})
     raise XstiltsError(f"{target}: neither a study directory (study.json), a run directory (config.yaml) nor a "
-                       f"trained model ({HEADS_FILE})")
+                       f"trained model ({HEADS_FILE}); a base model (e.g. 'embedded') is scored only by retrieval tasks")

@@ -10,9 +10,10 @@ import torch
 from xstilts.features import Features, collate, token_budget_batches
 from xstilts.model import MultiHeadModel
 from xstilts.precision import autocast
+from xstilts.task_types import task_type
 
 
-def inference_weights(model: MultiHeadModel, precision: str) -> MultiHeadModel:
+def inference_weights(model: torch.nn.Module, precision: str) -> torch.nn.Module:
     """For evaluation only: with 'bf16' the weights themselves become bf16 (about 15% faster than autocast
     over fp32 weights on CPU; LayerNorm and softmax then run in bf16 too, which changes a few predictions
     in a thousand, in both directions)."""
@@ -23,8 +24,9 @@ def predict(
     model: MultiHeadModel, head: str, features: Features, pad_id: int, precision: str, device: torch.device,
     max_tokens: int = 4096,
 ) -> np.ndarray:
-    """Predicted label index per example (in the input order); fp32 weights run under autocast to
-    `precision`, bf16 weights (see `inference_weights`) as they are."""
+    """The head's task type's prediction per example (in the input order); fp32 weights run under autocast
+    to `precision`, bf16 weights (see `inference_weights`) as they are."""
+    kind = task_type(model.specs[head].type)
     model.eval()
     predictions = np.empty(len(features), dtype=np.int64)
     half = next(model.parameters()).dtype == torch.bfloat16
@@ -32,11 +34,6 @@ def predict(
         for indices in token_budget_batches(features.lengths, max_tokens):
             batch = collate(features, indices, pad_id)
             batch.pop("labels")
-            logits = model(head, **{key: value.to(device) for key, value in batch.items()})
-            predictions[indices] = logits.argmax(-1).cpu().numpy()
+            logits = model(head, choices=features.choices, **{key: value.to(device) for key, value in batch.items()})
+            predictions[indices] = kind.predict(logits).cpu().numpy()
     return predictions
-
-
-def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
-    """Fraction of correct predictions."""
-    return float((predictions == labels).mean())

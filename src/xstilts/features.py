@@ -1,4 +1,5 @@
-"""Classification pipeline stages: examples -> tokenized features -> padded batches."""
+"""Features of any task type (token ids, `choices` sequences per example, and targets) -> padded batches,
+and the batch orders of training and evaluation."""
 
 from __future__ import annotations
 
@@ -6,53 +7,55 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from transformers import PreTrainedTokenizerBase
-
-from xstilts.tasks.spec import Example
 
 
 @dataclass
 class Features:
-    """Token ids (unpadded) and label indices of a list of examples."""
+    """Unpadded token ids of a list of examples, `choices` sequences per example (one for classification,
+    one per candidate for multiple choice), stored example after example, and one target per example."""
 
     input_ids: list[list[int]]
     token_type_ids: list[list[int]] | None
     labels: np.ndarray
+    choices: int = 1
 
     def __len__(self) -> int:
-        return len(self.input_ids)
+        return len(self.labels)
 
     @property
     def lengths(self) -> np.ndarray:
-        """Number of real tokens per example."""
-        return np.fromiter((len(ids) for ids in self.input_ids), dtype=np.int64, count=len(self.input_ids))
+        """Number of real tokens per example (its longest sequence)."""
+        lengths = np.fromiter((len(ids) for ids in self.input_ids), dtype=np.int64, count=len(self.input_ids))
+        return lengths.reshape(-1, self.choices).max(1)
+
+    def sequences(self, indices: np.ndarray) -> np.ndarray:
+        """Positions in `input_ids` of the given examples' sequences."""
+        return (np.asarray(indices)[:, None] * self.choices + np.arange(self.choices)).ravel()
 
     def subset(self, indices: np.ndarray) -> Features:
-        """The features of the given rows."""
-        types = None if self.token_type_ids is None else [self.token_type_ids[i] for i in indices]
-        return Features([self.input_ids[i] for i in indices], types, self.labels[indices])
+        """The features of the given examples."""
+        rows = self.sequences(indices)
+        types = None if self.token_type_ids is None else [self.token_type_ids[i] for i in rows]
+        return Features([self.input_ids[i] for i in rows], types, self.labels[indices], self.choices)
 
-
-def tokenize(examples: list[Example], tokenizer: PreTrainedTokenizerBase, max_length: int) -> Features:
-    """Tokenize text (pairs) with truncation to `max_length`, without padding."""
-    first = [example.text_a for example in examples]
-    pairs = examples and examples[0].text_b is not None
-    second = [example.text_b or "" for example in examples] if pairs else None
-    encoded = tokenizer(first, second, truncation=True, max_length=max_length, padding=False)
-    types = encoded.get("token_type_ids")
-    uses_types = types is not None and any(any(row) for row in types)
-    labels = np.array([example.label for example in examples], dtype=np.int64)
-    return Features(encoded["input_ids"], types if uses_types else None, labels)
+    @classmethod
+    def concatenate(cls, parts: list[Features]) -> Features:
+        """The examples of several feature sets (of one task), in order."""
+        types = None if any(p.token_type_ids is None for p in parts) else [t for p in parts for t in p.token_type_ids]
+        return cls([ids for p in parts for ids in p.input_ids], types, np.concatenate([p.labels for p in parts]),
+                   parts[0].choices)
 
 
 def collate(features: Features, indices: np.ndarray, pad_id: int, multiple: int = 1) -> dict[str, torch.Tensor]:
-    """A batch padded to its longest member (dynamic padding), rounded up to a multiple of `multiple`."""
-    width = max(len(features.input_ids[i]) for i in indices)
+    """The given examples' sequences padded to the longest (dynamic padding), rounded up to a multiple of
+    `multiple`; `labels` holds one target per example."""
+    rows = features.sequences(indices)
+    width = max(len(features.input_ids[i]) for i in rows)
     width += -width % multiple
-    input_ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(indices), width), dtype=torch.long)
-    token_type_ids = torch.zeros((len(indices), width), dtype=torch.long) if features.token_type_ids else None
-    for row, index in enumerate(indices):
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    token_type_ids = torch.zeros((len(rows), width), dtype=torch.long) if features.token_type_ids else None
+    for row, index in enumerate(rows):
         ids = features.input_ids[index]
         input_ids[row, : len(ids)] = torch.tensor(ids)
         attention_mask[row, : len(ids)] = 1

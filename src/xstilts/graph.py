@@ -58,6 +58,7 @@ class Graph:
 
     nodes: dict[str, Node] = field(default_factory=dict)
     uses: list[Use] = field(default_factory=list)
+    base: list[str] = field(default_factory=list)  # evaluations of the base model (retrieval tasks)
 
     def add(self, node: Node) -> str:
         self.nodes.setdefault(node.name, node)
@@ -88,7 +89,8 @@ def _inputs(tasks: list[TaskData], registry: TaskRegistry, data_dir: Path | None
 
 
 def build_graph(spec: StudySpec) -> Graph:
-    """Every arm (baseline first) x seed: [intermediate] -> target -> one eval node per evaluation set.
+    """Every arm (baseline first) x seed: [intermediate] -> target -> one eval node per evaluation set; and
+    for each retrieval evaluation (Tatoeba) one node scoring the base model's encoder, without parents.
 
     A node's key covers its settings, its parents, the resolved precision (a worker computes the node in that
     precision) and its inputs (task specs and data file checksums)."""
@@ -97,6 +99,11 @@ def build_graph(spec: StudySpec) -> Graph:
     registry = load_registry([Path(p) for p in spec.task_dirs])
     data_dir = resolve_data_dir(spec.data_dir)
     graph = Graph()
+    for data in spec.evaluate:
+        if registry.get(data.task).type == "retrieval":
+            graph.base.append(graph.add(Node("eval", {**common, "data": data.model_dump(), "head": None,
+                                                      "inputs": _inputs([data], registry, data_dir, training=False)},
+                                             (), f"eval {data.task}/{data.split} of the base model")))
     for seed in spec.seeds:
         for arm in [None, *spec.arms]:
             parent = None

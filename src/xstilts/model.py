@@ -1,8 +1,9 @@
-"""A shared pretrained encoder with named classification heads (one per training task)."""
+"""A shared pretrained encoder with named heads (one per training task), each of its task type."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -12,67 +13,62 @@ from torch import nn
 from transformers import AutoConfig, AutoModel
 
 from xstilts.errors import XstiltsError
+from xstilts.task_types import task_type
 
 HEADS_FILE = "heads.json"
 WEIGHTS_FILE = "model.safetensors"
 SETTINGS_FILE = "xstilts_model.json"
 
 
-class ClassificationHead(nn.Module):
-    """Dropout -> dense -> tanh -> dropout -> projection, on a pooled sentence vector."""
+@dataclass(frozen=True)
+class HeadSpec:
+    """What a head is: its task type and, for classification, its label list."""
 
-    def __init__(self, hidden: int, num_labels: int, dropout: float) -> None:
-        super().__init__()
-        self.dropout = nn.Dropout(dropout)
-        self.dense = nn.Linear(hidden, hidden)
-        self.out_proj = nn.Linear(hidden, num_labels)
-
-    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        x = self.dropout(pooled)
-        x = self.dropout(torch.tanh(self.dense(x)))
-        return self.out_proj(x)
+    type: str
+    labels: tuple[str, ...] = ()
 
 
-def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """Sentence vector: the first token's state ('cls') or the mean over real tokens ('mean', how E5
-    models are pretrained)."""
-    if pooling == "cls":
-        return hidden[:, 0]
-    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+def read_heads(directory: Path) -> dict[str, HeadSpec]:
+    """A saved model's heads (heads.json; a plain label list is a classification head, as older runs wrote)."""
+    saved = json.loads((directory / HEADS_FILE).read_text(encoding="utf-8"))
+    return {name: HeadSpec("classification", tuple(value)) if isinstance(value, list)
+            else HeadSpec(value["type"], tuple(value["labels"])) for name, value in saved.items()}
 
 
 class MultiHeadModel(nn.Module):
-    """Encoder plus a dictionary of heads; `heads` maps head name -> its label list."""
+    """Encoder plus a dictionary of heads, each of its task type (the head owns its pooling)."""
 
-    def __init__(self, encoder: nn.Module, heads: dict[str, list[str]], dropout: float | None = None,
+    def __init__(self, encoder: nn.Module, heads: dict[str, HeadSpec], dropout: float | None = None,
                  pooling: str = "mean") -> None:
         super().__init__()
         self.encoder = encoder
         self.pooling = pooling
         config = encoder.config
         self.dropout = dropout if dropout is not None else getattr(config, "hidden_dropout_prob", 0.1)
-        self.labels = dict(heads)
-        self.heads = nn.ModuleDict(
-            {name: ClassificationHead(config.hidden_size, len(labels), self.dropout) for name, labels in heads.items()}
-        )
+        self.specs = dict(heads)
+        self.heads = nn.ModuleDict({name: self._head(spec) for name, spec in heads.items()})
 
-    def forward(self, head: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra: torch.Tensor) -> torch.Tensor:
-        """Logits of `head` for a padded batch."""
+    def _head(self, spec: HeadSpec) -> nn.Module:
+        return task_type(spec.type).head(self.encoder.config.hidden_size, list(spec.labels), self.dropout, self.pooling)
+
+    @property
+    def labels(self) -> dict[str, list[str]]:
+        """Each head's label list."""
+        return {name: list(spec.labels) for name, spec in self.specs.items()}
+
+    def forward(self, head: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, choices: int = 1,
+                **extra: torch.Tensor) -> torch.Tensor:
+        """Logits of `head` for a padded batch (`choices` sequences per example)."""
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
-        return self.heads[head](pool(hidden, attention_mask, self.pooling))
-
-    def add_head(self, name: str, labels: list[str]) -> None:
-        """Add a freshly initialised head."""
-        self.labels[name] = list(labels)
-        self.heads[name] = ClassificationHead(self.encoder.config.hidden_size, len(labels), self.dropout)
+        return self.heads[head](hidden, attention_mask, choices)
 
     def save(self, directory: Path) -> None:
-        """Write weights (safetensors) and the head label sets."""
+        """Write weights (safetensors) and the heads' types and label sets."""
         directory.mkdir(parents=True, exist_ok=True)
         state = {key: value.detach().contiguous() for key, value in self.state_dict().items()}
         save_file(state, str(directory / WEIGHTS_FILE))
-        (directory / HEADS_FILE).write_text(json.dumps(self.labels, indent=1))
+        heads = {name: {"type": spec.type, "labels": list(spec.labels)} for name, spec in self.specs.items()}
+        (directory / HEADS_FILE).write_text(json.dumps(heads, indent=1))
         (directory / SETTINGS_FILE).write_text(json.dumps({"pooling": self.pooling}))
 
 
@@ -94,7 +90,7 @@ def load_encoder(model: str, dropout: float | None = None, attention_dropout: fl
 
 
 def load_checkpoint(
-    model: str, directory: Path, heads: dict[str, list[str]], carry_heads: dict[str, str], dropout: float | None = None,
+    model: str, directory: Path, heads: dict[str, HeadSpec], carry_heads: dict[str, str], dropout: float | None = None,
     pooling: str = "mean", attention_dropout: float | None = None,
 ) -> MultiHeadModel:
     """A model whose encoder comes from a saved phase; `carry_heads` maps new head -> saved head to copy."""
@@ -113,6 +109,6 @@ def load_checkpoint(
 
 def load_trained(model: str, directory: Path) -> MultiHeadModel:
     """A trained phase's full model (encoder and all its heads)."""
-    heads = json.loads((directory / HEADS_FILE).read_text())
+    heads = read_heads(directory)
     settings = json.loads((directory / SETTINGS_FILE).read_text()) if (directory / SETTINGS_FILE).exists() else {}
     return load_checkpoint(model, directory, heads, {name: name for name in heads}, pooling=settings.get("pooling", "cls"))

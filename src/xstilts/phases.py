@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -21,13 +22,14 @@ from xstilts.cpu import CpuThreads
 from xstilts.distributed import current_ranks
 from xstilts.embedded_model import resolve_model
 from xstilts.errors import XstiltsError
-from xstilts.evaluation import accuracy, inference_weights, predict
-from xstilts.features import Features, tokenize
+from xstilts.evaluation import inference_weights, predict
+from xstilts.features import Features
 from xstilts.manifest import write_json
 from xstilts.memory import peak_rss_mb, release_free_heap
-from xstilts.model import HEADS_FILE, MultiHeadModel, load_checkpoint, load_encoder, load_trained
+from xstilts.model import HeadSpec, MultiHeadModel, load_checkpoint, load_encoder, load_trained, read_heads
 from xstilts.precision import pick_device, resolve_precision
 from xstilts.tasks.readers import SplitData, check_available, read_split, reads_local
+from xstilts.task_types import task_type
 from xstilts.tasks.registry import TaskRegistry
 from xstilts.vocab import VocabTrim
 from xstilts.training import BEST_DIR, CHECKPOINT_DIR, TrainTask, train_phase
@@ -78,19 +80,16 @@ class Context:
         """Rows of one task/split/language, read and tokenized once per context."""
         key = (task, split, language, source)
         if key not in self._splits:
-            data = read_split(self.registry.get(task), split, language, self.data_dir, source)
-            self._splits[key] = (data, tokenize(data.examples, self.tokenizer, self.max_length))
+            spec = self.registry.get(task)
+            data = read_split(spec, split, language, self.data_dir, source)
+            self._splits[key] = (data, task_type(spec.type).featurize(data.examples, self.tokenizer, self.max_length))
         return self._splits[key]
 
     def rows(self, data: TaskData, seed: int, split: str | None = None) -> tuple[Features, list[SplitData]]:
         """All languages of a task's split, concatenated, capped at `max_examples` (a per-seed subsample)."""
         spec = self.registry.get(data.task)
         parts = [self.split(data.task, split or data.split, lang, data.source) for lang in data.languages or spec.languages]
-        features = Features(
-            [ids for _, f in parts for ids in f.input_ids],
-            None if any(f.token_type_ids is None for _, f in parts) else [t for _, f in parts for t in f.token_type_ids],
-            np.concatenate([f.labels for _, f in parts]),
-        )
+        features = Features.concatenate([f for _, f in parts])
         if data.max_examples and data.max_examples < len(features):
             chosen = np.sort(np.random.default_rng([seed, 104729]).choice(len(features), data.max_examples, replace=False))
             features = features.subset(chosen)
@@ -101,7 +100,7 @@ def check_plan(registry: TaskRegistry, data_dir: Path | None, training: list[Tas
                evaluate: list[EvalData]) -> None:
     """Before any phase starts: every task, split, language and local file exists and every local file is
     read through (decoded and parsed: a bad byte in an evaluation file stops the run before training, not
-    after), and every evaluation task has the target head's label set. Hub sources are checked, not read."""
+    after), no retrieval task is trained, and every other evaluation task has the target head's type and labels. Hub sources are checked, not read."""
     seen = set()
     for data in [*training, *evaluate]:
         spec = registry.get(data.task)
@@ -115,11 +114,16 @@ def check_plan(registry: TaskRegistry, data_dir: Path | None, training: list[Tas
                 if reads_local(spec.for_language(language), data_dir, data.source) and key not in seen:
                     seen.add(key)
                     read_split(spec, split, language, data_dir, data.source)
-    labels = registry.get(target).labels
+    for data in training:
+        if registry.get(data.task).type == "retrieval":
+            raise XstiltsError(f"task {data.task!r} is a retrieval task: it has no training data; list it under "
+                               "`evaluate`")
+    head = registry.get(target)
     for data in evaluate:
-        if registry.get(data.task).labels != labels:
-            raise XstiltsError(f"task {data.task!r} has labels {registry.get(data.task).labels}; "
-                               f"the {target!r} head it would be scored with has {labels}")
+        spec = registry.get(data.task)
+        if spec.type != "retrieval" and (spec.type, spec.labels) != (head.type, head.labels):
+            raise XstiltsError(f"task {data.task!r} ({spec.type}) has labels {spec.labels}; the {target!r} head it "
+                               f"would be scored with ({head.type}) has {head.labels}")
 
 
 def is_done(directory: Path) -> bool:
@@ -153,16 +157,16 @@ def _provenance(splits: list[SplitData]) -> list[dict]:
              "examples": len(s.examples), "skipped_unlabelled": s.skipped_unlabelled} for s in splits]
 
 
-def _carried_heads(parent: Path, heads: dict[str, list[str]]) -> dict[str, str]:
-    """For carry 'encoder_and_head': new head -> the parent's head with the same label list."""
-    saved = json.loads((parent / HEADS_FILE).read_text())
+def _carried_heads(parent: Path, heads: dict[str, HeadSpec]) -> dict[str, str]:
+    """For carry 'encoder_and_head': new head -> the parent's head of the same type and label list."""
+    saved = read_heads(parent)
     carried = {}
-    for name, labels in heads.items():
-        matches = [old for old, old_labels in saved.items() if old_labels == labels]
+    for name, wanted in heads.items():
+        matches = [old for old, spec in saved.items() if spec == wanted]
         if len(matches) != 1:
             raise XstiltsError(
-                f"carry 'encoder_and_head': head {name!r} needs exactly one intermediate head with labels {labels}, "
-                f"found {matches or 'none'}"
+                f"carry 'encoder_and_head': head {name!r} needs exactly one intermediate head with labels "
+                f"{list(wanted.labels)}, found {matches or 'none'}"
             )
         carried[name] = matches[0]
     return carried
@@ -182,9 +186,10 @@ def train_node(ctx: Context, out_dir: Path, *, tasks: list[TaskData], train: Tra
             dev_rows = data.model_copy(update={"max_examples": train.dev_max_examples})
             dev, dev_splits = ctx.rows(dev_rows, EVAL_SUBSAMPLE_SEED, split="dev")
             splits += dev_splits
-        train_tasks.append(TrainTask(data.task, features, dev))
+        train_tasks.append(TrainTask(data.task, task_type(ctx.registry.get(data.task).type), features, dev))
         provenance += _provenance(splits)
-    heads = {data.task: ctx.registry.get(data.task).labels for data in tasks}
+    heads = {data.task: HeadSpec(ctx.registry.get(data.task).type, tuple(ctx.registry.get(data.task).labels))
+             for data in tasks}
     ranks = current_ranks()
     torch.manual_seed(seed)
     if parent is None:
@@ -199,7 +204,7 @@ def train_node(ctx: Context, out_dir: Path, *, tasks: list[TaskData], train: Tra
     if ctx.trim_vocab:
         everything = [t.train for t in train_tasks] + [t.dev for t in train_tasks if t.dev is not None]
         trim = VocabTrim.from_features(everything, model.encoder.config.vocab_size, ctx.tokenizer.all_special_ids)
-        train_tasks = [TrainTask(t.head, trim.remap(t.train), t.dev and trim.remap(t.dev)) for t in train_tasks]
+        train_tasks = [TrainTask(t.head, t.kind, trim.remap(t.train), t.dev and trim.remap(t.dev)) for t in train_tasks]
         out_dir.mkdir(parents=True, exist_ok=True)
         spill = out_dir / SPILLED_EMBEDDINGS_FILE.replace(".", f".rank{ranks.rank}.", 1) if ranks.world > 1 else \
             out_dir / SPILLED_EMBEDDINGS_FILE
@@ -225,9 +230,10 @@ def train_node(ctx: Context, out_dir: Path, *, tasks: list[TaskData], train: Tra
     })
 
 
-def eval_node(ctx: Context, out_dir: Path, *, trained: Path, head: str, data: EvalData) -> dict:
-    """Score every language of an evaluation set with one head; writes per-example predictions.
-    A capped evaluation set is the same subsample for every run and seed, so results stay paired."""
+def eval_node(ctx: Context, out_dir: Path, *, trained: Path | None, head: str | None, data: EvalData) -> dict:
+    """Score every language of an evaluation set with one head of the `trained` model, or for a retrieval task
+    with its encoder (`trained` None: the base model's); writes per-example predictions. A capped evaluation
+    set is the same subsample for every run and seed, so results stay paired."""
     if is_done(out_dir):
         return read_result(out_dir)
     ranks = current_ranks()
@@ -235,9 +241,8 @@ def eval_node(ctx: Context, out_dir: Path, *, trained: Path, head: str, data: Ev
         ranks.barrier()
         return read_result(out_dir)
     spec = ctx.registry.get(data.task)
-    model = inference_weights(load_trained(ctx.model, trained), ctx.precision).to(ctx.device)
-    if model.labels[head] != spec.labels:
-        raise XstiltsError(f"task {data.task!r} has labels {spec.labels}, head {head!r} has {model.labels[head]}")
+    kind = task_type(spec.type)
+    scorer = _scorer(ctx, spec, trained, head)
     started = time.perf_counter()
     threads = CpuThreads() if ctx.device.type == "cpu" else None
     languages, provenance = {}, []
@@ -245,9 +250,10 @@ def eval_node(ctx: Context, out_dir: Path, *, trained: Path, head: str, data: Ev
         if threads is not None:
             threads.adapt(force=not languages)
         features, splits = ctx.rows(data.model_copy(update={"languages": [language]}), EVAL_SUBSAMPLE_SEED)
-        predictions = predict(model, head, features, ctx.tokenizer.pad_token_id, ctx.precision, ctx.device)
-        _write_predictions(out_dir / "predictions" / f"{language}.csv", features.labels, predictions, spec.labels)
-        languages[language] = {"accuracy": accuracy(predictions, features.labels), "n": len(features)}
+        predictions = scorer(features)
+        _write_predictions(out_dir / "predictions" / f"{language}.csv", features.labels, predictions,
+                           spec.labels or None)
+        languages[language] = {"accuracy": kind.score(predictions, features.labels), "n": len(features)}
         provenance += _provenance(splits)
         print(f"eval {data.task}/{data.split} {language}: {languages[language]['accuracy']:.4f} (n={len(features)})",
               file=sys.stderr)
@@ -259,14 +265,33 @@ def eval_node(ctx: Context, out_dir: Path, *, trained: Path, head: str, data: Ev
     })
 
 
-def _write_predictions(path: Path, labels: np.ndarray, predictions: np.ndarray, names: list[str]) -> None:
-    """Per-example predictions: row index, gold label, predicted label, correct (0/1)."""
+def _scorer(ctx: Context, spec, trained: Path | None, head: str | None) -> Callable[[Features], np.ndarray]:
+    """Predictions for one language's features: a retrieval task's nearest rows from an encoder, else the
+    trained model's head (which must be of the task's type and labels)."""
+    if spec.type == "retrieval":
+        model = load_trained(ctx.model, trained) if trained is not None else None
+        encoder = model.encoder if model is not None else load_encoder(ctx.model)
+        encoder = inference_weights(encoder, ctx.precision).to(ctx.device)
+        pooling = model.pooling if model is not None else ctx.pooling
+        return lambda features: task_type("retrieval").retrieve(encoder, features, ctx.tokenizer.pad_token_id,
+                                                                pooling, ctx.precision, ctx.device)
+    model = inference_weights(load_trained(ctx.model, trained), ctx.precision).to(ctx.device)
+    if model.specs[head] != HeadSpec(spec.type, tuple(spec.labels)):
+        raise XstiltsError(f"task {spec.name!r} ({spec.type}) has labels {spec.labels}, head {head!r} "
+                           f"({model.specs[head].type}) has {model.labels[head]}")
+    return lambda features: predict(model, head, features, ctx.tokenizer.pad_token_id, ctx.precision, ctx.device)
+
+
+def _write_predictions(path: Path, labels: np.ndarray, predictions: np.ndarray, names: list[str] | None) -> None:
+    """Per-example predictions: row index, gold label, predicted label (a label name, or a candidate or row
+    index), correct (0/1)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["index", "label", "prediction", "correct"])
         for index, (gold, predicted) in enumerate(zip(labels, predictions)):
-            writer.writerow([index, names[gold], names[predicted], int(gold == predicted)])
+            shown = (names[gold], names[predicted]) if names else (int(gold), int(predicted))
+            writer.writerow([index, *shown, int(gold == predicted)])
 
 
 def read_result(directory: Path) -> dict:

@@ -20,6 +20,7 @@ from xstilts.manifest import environment, write_json, write_text_atomically
 from xstilts.memory import peak_rss_mb
 from xstilts.phases import Context, check_plan, eval_node, is_done, read_result, train_node
 from xstilts.pipeline import resolve_data_dir
+from xstilts.report.base_model import BASE_MODEL_FILE
 from xstilts.study_spec import BASELINE, StudySpec
 from xstilts.tasks.registry import load_registry
 from xstilts.training import CHECKPOINT_DIR
@@ -59,7 +60,8 @@ def _compute_node(study_dir: Path, spec_json: str, node: Node, out: Path) -> dic
     parents = [study_dir / "nodes" / name for name in node.parents]
     config = node.config
     if node.kind == "eval":
-        return eval_node(ctx, out, trained=parents[0], head=config["head"], data=EvalData(**config["data"]))
+        return eval_node(ctx, out, trained=parents[0] if parents else None, head=config["head"],
+                         data=EvalData(**config["data"]))
     tasks = [TaskData(**t) for t in config["tasks"]] if node.kind == "intermediate" else [TaskData(**config["task"])]
     return train_node(ctx, out, tasks=tasks, train=TrainConfig(**config["train"]), seed=config["seed"],
                       parent=parents[0] if parents else None, carry=config.get("carry", "encoder"),
@@ -179,7 +181,8 @@ def _data_files(graph: Graph, study_dir: Path) -> dict[str, str]:
 
 
 def write_results(spec: StudySpec, graph: Graph, study_dir: Path) -> Path:
-    """results.csv and results.jsonl: one row per arm x seed x evaluation task x language."""
+    """results.csv and results.jsonl: one row per arm x seed x evaluation task x language; base_model.csv: the
+    base model's scores on the retrieval evaluations, one row per task x language."""
     arms = {arm.name: arm for arm in spec.arms}
     registry = load_registry([Path(p) for p in spec.task_dirs])
     rows = []
@@ -199,13 +202,22 @@ def write_results(spec: StudySpec, graph: Graph, study_dir: Path) -> Path:
                 "predictions": str(Path("nodes") / use.eval / "predictions" / f"{language}.csv"),
             })
     path = study_dir / "results.csv"
+    write_text_atomically(path, _csv(RESULT_COLUMNS, rows))
+    write_text_atomically(study_dir / "results.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+    base = [{"task": result["task"], "split": result["split"], "language": language, "accuracy": value["accuracy"],
+             "n": value["n"], "eval_node": name}
+            for name in graph.base for result in [_result(study_dir, name)] for language, value in result["languages"].items()]
+    if base:
+        write_text_atomically(study_dir / BASE_MODEL_FILE, _csv(list(base[0]), base))
+    return path
+
+
+def _csv(columns: list[str], rows: list[dict]) -> str:
     table = io.StringIO()
-    writer = csv.DictWriter(table, RESULT_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(table, columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    write_text_atomically(path, table.getvalue())
-    write_text_atomically(study_dir / "results.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
-    return path
+    return table.getvalue()
 
 
 def study_status(study_dir: Path) -> str:

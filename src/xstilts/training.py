@@ -27,10 +27,11 @@ from xstilts.config import TrainConfig
 from xstilts.cpu import CpuThreads
 from xstilts.distributed import current_ranks
 from xstilts.errors import XstiltsError
-from xstilts.evaluation import accuracy, predict
+from xstilts.evaluation import predict
 from xstilts.features import Features, collate, length_grouped_batches
 from xstilts.model import WEIGHTS_FILE, MultiHeadModel
 from xstilts.precision import autocast
+from xstilts.task_types import TaskType
 
 CHECKPOINT_DIR = "checkpoint"
 BEST_DIR = "best"
@@ -39,9 +40,11 @@ AVERAGE_FILE = "average.safetensors"
 
 @dataclass
 class TrainTask:
-    """Training rows of one task, the head they train, and optional dev rows for model selection."""
+    """Training rows of one task, the head they train (of the task's type), and optional dev rows for model
+    selection."""
 
     head: str
+    kind: TaskType
     train: Features
     dev: Features | None = None
 
@@ -167,11 +170,12 @@ def _resume(out_dir: Path, model: MultiHeadModel, optimizer, scheduler, fingerpr
 
 
 def evaluate_dev(model: MultiHeadModel, tasks: list[TrainTask], pad_id: int, precision: str, device: torch.device) -> dict[str, float]:
-    """Dev accuracy of each task that has dev rows."""
+    """Each task's dev score (its type's metric), for the tasks that have dev rows."""
     scores = {}
     for task in tasks:
         if task.dev is not None:
-            scores[task.head] = accuracy(predict(model, task.head, task.dev, pad_id, precision, device), task.dev.labels)
+            predictions = predict(model, task.head, task.dev, pad_id, precision, device)
+            scores[task.head] = task.kind.score(predictions, task.dev.labels)
     model.train()
     return scores
 
@@ -245,10 +249,9 @@ def _train(model: MultiHeadModel, tasks: list[TrainTask], config: TrainConfig, o
             batch = {key: value.to(device) for key, value in batch.items()}
             labels = batch.pop("labels")
             with autocast(precision, device):
-                logits = model(heads[task_index], **batch)
+                logits = model(heads[task_index], choices=task.train.choices, **batch)
             # a sum over this rank's rows divided by the global micro-batch: the ranks' sums add up to the mean
-            loss = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum") / (
-                len(indices) * config.grad_accumulation)
+            loss = task.kind.loss(logits, labels) / (len(indices) * config.grad_accumulation)
             loss.backward()
             step_loss += loss.item()
         step_loss = ranks.sum_gradients(trainable, step_loss)

@@ -44,7 +44,7 @@ class VocabTrim:
     def remap(self, features: Features) -> Features:
         """The same rows with ids in the trimmed vocabulary."""
         ids = [self.full_to_trimmed[row].tolist() for row in features.input_ids]
-        return Features(ids, features.token_type_ids, features.labels)
+        return Features(ids, features.token_type_ids, features.labels, features.choices)
 
     def shrink(self, model: MultiHeadModel, spill: Path) -> None:
         """Replace the model's word embeddings by the kept rows; the full matrix is written to `spill` (a

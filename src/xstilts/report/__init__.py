@@ -13,6 +13,7 @@ from xstilts.errors import XstiltsError
 from xstilts.manifest import write_json, write_text_atomically
 from xstilts.report.analysis import analyse
 from xstilts.report.summary import report_json
+from xstilts.report.base_model import base_model_blocks, base_model_json, load_base_model
 from xstilts.report.document import build_document, main_table
 from xstilts.report.plots import write_plots
 from xstilts.report.protocol import load_protocol
@@ -37,11 +38,12 @@ def write_report(study_dir: Path, output_dir: Path | None = None) -> Path:
     output_dir.mkdir(parents=True, exist_ok=True)
     write_plots(analysis, output_dir)
     title = f"X-STILTs study report: {protocol.study.get('name') or study_dir.resolve().name}"
-    blocks = build_document(analysis, protocol, title)
+    base = load_base_model(study_dir)
+    blocks = build_document(analysis, protocol, title, base_model_blocks(base))
     write_text_atomically(output_dir / "report.md", render_markdown(blocks))
     write_text_atomically(output_dir / "report.html", render_html(blocks, title, output_dir))
     tables = [main_table(analysis, eval_set) for eval_set in results.eval_sets]
     write_text_atomically(output_dir / "table.tex", render_latex(tables))
     analysis.cells[SUMMARY_COLUMNS].to_csv(output_dir / "summary.csv", index=False)
-    write_json(output_dir / "report.json", report_json(analysis))
+    write_json(output_dir / "report.json", {**report_json(analysis), "base_model": base_model_json(base)})
     return output_dir / "report.md"

@@ -184,8 +184,8 @@ def _protocol(analysis: Analysis, protocol: Protocol) -> list[Block]:
     return blocks
 
 
-def build_document(analysis: Analysis, protocol: Protocol, title: str) -> list[Block]:
-    """All blocks of the report, in order."""
+def build_document(analysis: Analysis, protocol: Protocol, title: str, base_model: list[Block] = ()) -> list[Block]:
+    """All blocks of the report, in order (`base_model`: the base model's own scores, after the results)."""
     results = analysis.results
     sets = ", ".join(f"{task} {split}" for task, split in results.eval_sets)
     question = text(protocol.study.get("description") or QUESTION)
@@ -202,6 +202,7 @@ def build_document(analysis: Analysis, protocol: Protocol, title: str) -> list[B
         Heading("Caveats", 3),
         Bullets(caveats(analysis, protocol)),
         *(block for eval_set in results.eval_sets for block in _results_section(analysis, eval_set)),
+        *base_model,
         *_method(analysis),
         *_protocol(analysis, protocol),
     ]

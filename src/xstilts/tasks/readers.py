@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bz2
 import csv
 import dataclasses
 import functools
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from xstilts.errors import XstiltsError
+from xstilts.task_types import task_type
 from xstilts.tasks.spec import Example, HubSource, LocalSource, TaskSpec
 
 csv.field_size_limit(1 << 30)
@@ -72,6 +74,8 @@ def input_fingerprint(spec: TaskSpec, split: str, language: str, data_dir: Path 
     spec = spec.for_language(language)
     if reads_local(spec, data_dir, source) and split in spec.local.files and data_dir is not None:
         paths = [local_path(spec, split, language, data_dir)]
+        if split in spec.local.aligned_files:
+            paths.append(local_path(spec, split, language, data_dir, spec.local.aligned_files[split]))
         if spec.local.labels_from is not None:
             paths.append(local_path(spec, split, language, data_dir, spec.local.labels_from.file))
         if not all(path.is_file() for path in paths):
@@ -89,7 +93,18 @@ def _rows(path: Path, source: LocalSource, odd: dict[str, list[int]]) -> Iterato
     mark is read as such; the line numbers of rows with more fields than the header (`odd['extra']`) and of
     records that run over several lines (`odd['multiline']`, a quoted field with line breaks, or an unclosed
     quote) are noted for a warning."""
-    if source.format in ("tsv", "csv"):
+    if source.format == "text":
+        with _open_text(path) as handle:
+            record: list[str] = []
+            for number, line in enumerate(handle, start=1):
+                record.append(line.rstrip("\r\n"))
+                if len(record) == source.lines_per_record:
+                    yield number - len(record) + 1, (record, None)
+                    record = []
+            if record:
+                raise XstiltsError(f"{path}:{number - len(record) + 1}: an incomplete record: {len(record)} of "
+                                   f"{source.lines_per_record} lines")
+    elif source.format in ("tsv", "csv"):
         with open(path, encoding="utf-8-sig", newline="") as handle:
             if source.format == "tsv":
                 reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
@@ -132,11 +147,24 @@ def _rows(path: Path, source: LocalSource, odd: dict[str, list[int]]) -> Iterato
             yield number, (record, None)
 
 
+def _open_text(path: Path):
+    """A text file (bzip2-compressed when its name ends in .bz2) as UTF-8 lines."""
+    if path.suffix == ".bz2":
+        return bz2.open(path, "rt", encoding="utf-8-sig")
+    return open(path, encoding="utf-8-sig")
+
+
 def _read_rows(path: Path, source: LocalSource, odd: dict[str, list[int]]) -> list[tuple[int, Any]]:
     """All rows of a local file (see `_rows`); a file that is not UTF-8 is one line naming the first bad line."""
     try:
         return list(_rows(path, source, odd))
+    except (OSError, EOFError) as error:
+        if path.suffix != ".bz2":
+            raise
+        raise XstiltsError(f"{path}: not a readable bzip2 file ({error})") from None
     except UnicodeDecodeError:
+        if path.suffix == ".bz2":
+            raise XstiltsError(f"{path}: not UTF-8 text once decompressed") from None
         line, where = _first_bad_line(path)
         raise XstiltsError(f"{path}:{line}: not UTF-8 text ({where})") from None
 
@@ -174,25 +202,18 @@ def _field(path: Path, number: int, row: Any, header: list[str] | None, column: 
     return value
 
 
+def _for_language(column: str | int | list, language: str) -> str | int | list:
+    """A column name with `{language}` filled in (e.g. premise_{language}); positions stay as they are."""
+    if isinstance(column, list):
+        return [_for_language(c, language) for c in column]
+    return column.format(language=language) if isinstance(column, str) else column
+
+
 def _checked_text(path: Path, number: int, name: str, value: Any) -> Any:
-    """A field's value, refused when it holds a NUL byte (binary data, not text)."""
-    if isinstance(value, str) and "\x00" in value:
+    """A field's value, refused when it (or a candidate in it) holds a NUL byte (binary data, not text)."""
+    if any(isinstance(v, str) and "\x00" in v for v in (value if isinstance(value, list) else [value])):
         raise XstiltsError(f"{path}:{number}: field {name!r} holds a NUL byte (binary data?)")
     return value
-
-
-def _to_example(
-    spec: TaskSpec, label_map: dict[str, str], columns: dict, where: str, fields: dict[str, Any]
-) -> Example | None:
-    """Map raw fields to an Example; None for an unlabelled row (a label in `skip_labels`)."""
-    raw_label = str(fields["label"])
-    if raw_label in spec.skip_labels:
-        return None
-    label = label_map.get(raw_label, raw_label)
-    if label not in spec.labels:
-        raise XstiltsError(f"{where}: unknown label {raw_label!r} (expected one of {', '.join(spec.labels)})")
-    text_b = fields.get("text_b") if "text_b" in columns else None
-    return Example(text_a=str(fields["text_a"]), text_b=None if text_b is None else str(text_b), label=spec.labels.index(label))
 
 
 def read_local(spec: TaskSpec, split: str, language: str, data_dir: Path) -> SplitData:
@@ -202,16 +223,22 @@ def read_local(spec: TaskSpec, split: str, language: str, data_dir: Path) -> Spl
     path = local_path(spec, split, language, data_dir)
     if path.stat().st_size == 0:
         raise XstiltsError(f"{path}: empty file")
-    columns = {name: column.format(language=language) if isinstance(column, str) else column
-               for name, column in source.columns.items()}  # e.g. premise_{language}
+    columns = {name: _for_language(column, language) for name, column in source.columns.items()}
     labels = _labels_from(spec, split, language, data_dir, path) if source.labels_from else None
+    kind = task_type(spec.type)
     examples, skipped, odd = [], 0, {"extra": [], "multiline": []}
     rows = _read_rows(path, source, odd)
+    if split in source.aligned_files:
+        rows = _aligned(spec, split, language, data_dir, path, rows)
+    if split in source.rows:
+        start, _, end = source.rows[split].partition(":")
+        rows = rows[int(start or 0):int(end) if end.strip() else None]
     if labels is not None and labels.by_key is None and len(labels) != len(rows):
         raise XstiltsError(f"{path}: {len(rows)} rows, but its labels_from file {labels.path} has "
                            f"{len(labels)}: the rows must align one to one")
     for index, (number, (row, header)) in enumerate(rows):
-        fields = {name: _checked_text(path, number, name, _field(path, number, row, header, column))
+        fields = {name: _checked_text(path, number, name, [_field(path, number, row, header, c) for c in column]
+                                      if isinstance(column, list) else _field(path, number, row, header, column))
                   for name, column in columns.items()}
         if labels is not None and labels.by_key is not None:
             key = str(_field(path, number, row, header, source.labels_from.data_key))
@@ -220,7 +247,7 @@ def read_local(spec: TaskSpec, split: str, language: str, data_dir: Path) -> Spl
             fields["label"] = labels.by_key[key]
         elif labels is not None:
             fields["label"] = labels.values[index]
-        example = _to_example(spec, source.label_map, columns, f"{path}:{number}", fields)
+        example = kind.example(spec, fields, source.label_map, f"{path}:{number}")
         if example is None:
             skipped += 1
         else:
@@ -234,6 +261,19 @@ def read_local(spec: TaskSpec, split: str, language: str, data_dir: Path) -> Spl
     if not examples:
         raise XstiltsError(f"{path}: no labelled examples")
     return SplitData(spec.name, split, language, examples, str(path), file_sha256(path), skipped, spec.labels)
+
+
+def _aligned(spec: TaskSpec, split: str, language: str, data_dir: Path, path: Path,
+             rows: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
+    """Rows of `path` continued by the rows of the split's aligned file (same format, same number of rows)."""
+    other = local_path(spec, split, language, data_dir, spec.local.aligned_files[split])
+    if not other.is_file():
+        raise XstiltsError(f"{other}: aligned file not found (it continues {path} row by row)")
+    continued = _read_rows(other, spec.local, {"extra": [], "multiline": []})
+    if len(continued) != len(rows):
+        raise XstiltsError(f"{path}: {len(rows)} rows, but its aligned file {other} has {len(continued)}: the rows "
+                           "must align one to one")
+    return [(number, (list(row) + list(more), None)) for (number, (row, _)), (_, (more, _)) in zip(rows, continued)]
 
 
 @dataclass(frozen=True)
@@ -276,10 +316,12 @@ def read_hub(spec: TaskSpec, split: str, language: str) -> SplitData:
     name = source.name.format(language=language) if source.name else None
     dataset = datasets.load_dataset(source.path, name, split=source.splits[split])
     where = f"hub:{source.path}/{name or ''}/{source.splits[split]}"
+    kind = task_type(spec.type)
     examples, skipped = [], 0
     for number, record in enumerate(dataset, start=1):
-        fields = {key: record[column] for key, column in source.columns.items()}
-        example = _to_example(spec, source.label_map, source.columns, f"{where}:{number}", fields)
+        fields = {key: [record[c] for c in column] if isinstance(column, list) else record[column]
+                  for key, column in source.columns.items()}
+        example = kind.example(spec, fields, source.label_map, f"{where}:{number}")
         if example is None:
             skipped += 1
         else:

@@ -43,10 +43,16 @@ class LocalSource(StrictModel):
     """Files on disk, relative to the data directory; `{language}` is filled per language in `files` and in
     column names. Columns are header names or 0-based positions (positions work with or without a header)."""
 
-    format: Literal["tsv", "csv", "json", "jsonl"]
+    format: Literal["tsv", "csv", "json", "jsonl", "text"]
     files: dict[SplitName, str]
     header: bool = True
-    columns: dict[str, str | int]
+    columns: dict[str, str | int | list[str | int]]
+    rows: dict[SplitName, str] = Field(default_factory=dict, description="a slice 'START:END' of a file's records "
+                                       "per split: two splits from one file (a dev slice held out of train)")
+    lines_per_record: int = Field(default=1, ge=1, description="text: consecutive lines that make one record")
+    aligned_files: dict[SplitName, str] = Field(default_factory=dict, description="a second file per split whose "
+                                                "record i continues record i of `files` (its fields numbered after "
+                                                "the first file's): parallel sentences in two files")
     label_map: dict[str, str] = Field(default_factory=dict)
     absolute_paths: bool = Field(default=False, description="allow absolute file names (files outside the data folder)")
     skip_rows: int = Field(default=0, ge=0, description="tsv/csv: rows to skip before the header (or the data)")
@@ -56,6 +62,10 @@ class LocalSource(StrictModel):
 
     @model_validator(mode="after")
     def _placeholders(self) -> LocalSource:
+        for split, value in self.rows.items():
+            start, colon, end = value.partition(":")
+            if not colon or not all(part.strip().isdigit() for part in (start, end) if part.strip()):
+                raise ValueError(f"rows.{split}: {value!r} is not a slice START:END of record numbers (e.g. '0:9000')")
         templates = {**{f"files.{split}": name for split, name in self.files.items()},
                      **{f"columns.{key}": name for key, name in self.columns.items() if isinstance(name, str)}}
         for where, template in templates.items():
@@ -73,7 +83,7 @@ class HubSource(StrictModel):
     path: str
     name: str | None = None
     splits: dict[SplitName, str]
-    columns: dict[str, str]
+    columns: dict[str, str | list[str]]
     label_map: dict[str, str] = Field(default_factory=dict)
 
 
@@ -81,9 +91,11 @@ class TaskSpec(StrictModel):
     """A task: its type, label set, languages and sources (local files and/or the Hub)."""
 
     name: str
-    type: Literal["classification"] = "classification"
+    type: Literal["classification", "multiple_choice", "retrieval"] = "classification"
     description: str = ""
-    labels: list[str]
+    labels: list[str] = Field(default_factory=list, description="classification: the label set; multiple "
+                              "choice: optional names of the candidates (e.g. A-D) when the file gives names")
+    choices: int | None = Field(default=None, ge=2, description="multiple choice: candidates per example")
     languages: list[str] = Field(default_factory=lambda: ["en"])
     skip_labels: list[str] = Field(default_factory=list)
     override: bool = Field(default=False, description="replace a task of the same name from an earlier folder")
@@ -116,12 +128,22 @@ class TaskSpec(StrictModel):
     def _has_source(self) -> TaskSpec:
         if self.local is None and self.hub is None:
             raise ValueError("a task needs a `local` or a `hub` source")
+        if self.type == "classification" and not self.labels:
+            raise ValueError("a classification task needs its `labels`")
+        if self.type == "multiple_choice" and self.choices is None:
+            raise ValueError("a multiple_choice task needs `choices`: the number of candidates per example")
+        required = {"classification": "`text_a` and `label` (or give `labels_from`)",
+                    "multiple_choice": "`context`, `choices` and `label`",
+                    "retrieval": "`text_a` (a sentence) and `text_b` (its English translation)"}[self.type]
         for source in (self.local, self.hub):
             if source is None:
                 continue
-            has_labels = "label" in source.columns or getattr(source, "labels_from", None) is not None
-            if "text_a" not in source.columns or not has_labels:
-                raise ValueError("columns must map at least `text_a` and `label` (or give `labels_from`)")
+            has_labels = "label" in source.columns or getattr(source, "labels_from", None) is not None \
+                or self.type == "retrieval"
+            text = {"classification": ["text_a"], "multiple_choice": ["context", "choices"],
+                    "retrieval": ["text_a", "text_b"]}[self.type]
+            if not all(name in source.columns for name in text) or not has_labels:
+                raise ValueError(f"columns must map at least {required}")
             if "label" in source.columns and getattr(source, "labels_from", None) is not None:
                 raise ValueError("labels come from `columns.label` or from `labels_from`, not both")
         return self
@@ -136,8 +158,10 @@ class TaskSpec(StrictModel):
 
 @dataclass(frozen=True)
 class Example:
-    """One labelled example: a text or a text pair and the index of its label."""
+    """One labelled example: a text or a text pair and the index of its label; for multiple choice, the
+    context and its candidates, the label the index of the right one."""
 
     text_a: str
     text_b: str | None
     label: int
+    choices: tuple[str, ...] = ()
