@@ -28,3 +28,16 @@ def tiny_study(model_dir: Path, data_dir: Path, arms: list[dict], **target_train
 
 SNLI = {"name": "snli", "group": "english", "tasks": [{"task": "snli"}], "cap": 64}
 INDONLI = {"name": "indonli", "group": "low-resource", "tasks": [{"task": "indonli"}], "cap": 64}
+
+
+def learning_run(model_dir: Path, data: Path, tasks: Path, task: str) -> dict:
+    """A run config that trains a user task from scratch on the tiny model (40 steps, dev every 4) and
+    evaluates its dev split."""
+    return {
+        "model": str(model_dir), "data_dir": str(data), "task_dirs": [str(tasks)], "precision": "fp32",
+        "max_length": 64, "seed": 3,
+        "target": {"task": {"task": task},
+                   # a random model has no pretrained embeddings to keep: let it learn the pieces
+                   "train": {"max_steps": 40, "lr": 3e-3, "batch_size": 16, "eval_every": 4, "warmup_ratio": 0.0,
+                             "select_best": False, "freeze_embeddings": False}},
+        "evaluate": [{"task": task, "split": "dev"}]}

@@ -98,6 +98,10 @@ def test_unknown_key_is_named(tmp_path, data, key):
     ({**MINIMAL, "max_length": 4}, ["'max_length'"]),
     ({**MINIMAL, "precision": "fp16"}, ["'precision'"]),
     ({**MINIMAL, "target": {"task": {"task": "mnli"}, "carry": "encoder_and_head"}}, ["needs an intermediate phase"]),
+    ({**MINIMAL, "target": {"task": {"task": "mnli"}, "carry_head": "snli"}}, ["set carry: encoder_and_head"]),
+    ({**MINIMAL, "intermediate": {"tasks": [{"task": "snli"}]},
+      "target": {"task": {"task": "mnli"}, "carry": "encoder_and_head", "carry_head": "qqp"}},
+     ["carry_head 'qqp' is not an intermediate task (snli)"]),
     ({**MINIMAL, "intermediate": {"tasks": []}}, ["'intermediate.tasks'"]),
     ({**MINIMAL, "target": {"task": {"task": "mnli", "max_examples": 0}}}, ["'target.task.max_examples'"]),
 ])

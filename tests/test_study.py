@@ -222,3 +222,11 @@ def test_done_marker_without_a_readable_result_is_computed_again(tmp_path, capsy
     (node / RESULT_FILE).write_text('{"kind": "eval"}')
     (node / DONE_FILE).write_text("")
     assert is_done(node)
+
+
+def test_a_named_carried_head_must_be_a_task_of_every_arm(tmp_path):
+    spec = tiny_study(tmp_path, tmp_path, [SNLI, INDONLI])
+    spec["target"] = {**spec["target"], "carry": "encoder_and_head", "carry_head": "snli"}
+    with pytest.raises(ValueError, match=r"target.carry_head 'snli' is not a task of the arms \['indonli'\]"):
+        StudySpec(**spec)
+    StudySpec(**{**spec, "arms": [SNLI]})

@@ -26,7 +26,7 @@ from xstilts.study_spec import StudySpec
 from xstilts.task_types.multiple_choice import TYPE as MULTIPLE_CHOICE
 from xstilts.tasks import load_registry
 from xstilts.tasks.readers import read_split
-from helpers import one_line_error, tiny_study
+from helpers import learning_run, one_line_error, tiny_study
 
 WORDS = "apple river stone cloud green table music winter paper light".split()
 
@@ -58,13 +58,7 @@ def _choice_task(root: Path, yaml_text: str | None = None) -> tuple[Path, Path]:
 
 def test_a_multiple_choice_task_joins_by_one_yaml_and_is_learned(tmp_path, tiny_model_dir):
     tasks, data = _choice_task(tmp_path)
-    config = parse_config({
-        "model": str(tiny_model_dir), "data_dir": str(data), "task_dirs": [str(tasks)], "precision": "fp32",
-        "max_length": 64, "seed": 3,
-        "target": {"task": {"task": "pick"},
-                   "train": {"max_steps": 40, "lr": 3e-3, "batch_size": 16, "eval_every": 4, "warmup_ratio": 0.0,
-                             "select_best": False, "freeze_embeddings": False}},
-        "evaluate": [{"task": "pick", "split": "dev"}]}, "test")
+    config = parse_config(learning_run(tiny_model_dir, data, tasks, "pick"), "test")
     metrics = run(config, tmp_path / "run")
     assert metrics["target"]["metrics"]["history"][-1]["score"] >= 0.95
     assert metrics["evaluation"]["pick"]["dev"]["en"] >= 0.95

@@ -36,6 +36,7 @@ from xstilts.precision import autocast
 from xstilts.task_types.classification import TYPE as CLASSIFICATION
 from xstilts.training import TrainTask, load_training_state, train_phase
 from xstilts.vocab import VocabTrim
+from helpers import learning_run, one_line_error
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -105,14 +106,7 @@ def _dev_loss(model: MultiHeadModel, tokenizer, examples) -> float:
 
 def test_learns_a_keyword_task_from_a_user_task_folder(tmp_path, tiny_model_dir):
     tasks, data = _keyword_task(tmp_path)
-    config = parse_config({
-        "model": str(tiny_model_dir), "data_dir": str(data), "task_dirs": [str(tasks)], "precision": "fp32",
-        "max_length": 64, "seed": 3,
-        "target": {"task": {"task": "keyword"},
-                   # a random model has no pretrained embeddings to keep: let it learn the keywords' pieces
-                   "train": {"max_steps": 40, "lr": 3e-3, "batch_size": 16, "eval_every": 4, "warmup_ratio": 0.0,
-                             "select_best": False, "freeze_embeddings": False}},
-        "evaluate": [{"task": "keyword", "split": "dev"}]}, "test")
+    config = parse_config(learning_run(tiny_model_dir, data, tasks, "keyword"), "test")
     metrics = run(config, tmp_path / "run")
     history = metrics["target"]["metrics"]["history"]
     assert [h["step"] for h in history] == list(range(4, 41, 4))
@@ -478,6 +472,15 @@ def test_carry_with_two_matching_heads_is_an_error(ctx, tmp_path):
     with pytest.raises(XstiltsError) as excinfo:
         _carried_heads(parent, {"mnli": NLI_HEAD})
     assert "'snli'" in str(excinfo.value) and "'mnli'" in str(excinfo.value)
+    # naming the head to carry settles it; a name of a head with other labels, or of no head, is one line
+    assert _carried_heads(parent, {"mnli": NLI_HEAD}, "snli") == {"mnli": "snli"}
+    with pytest.raises(XstiltsError) as excinfo:
+        _carried_heads(parent, {"mnli": NLI_HEAD}, "rte")
+    one_line_error(excinfo, "carry_head 'rte'", "found a classification head with labels ['entailment', "
+                                                "'not_entailment']")
+    with pytest.raises(XstiltsError) as excinfo:
+        _carried_heads(parent, {"mnli": NLI_HEAD}, "qqp")
+    one_line_error(excinfo, "carry_head 'qqp'", "found none")
 
 
 # --- run-directory bookkeeping ------------------------------------------------------------------------------

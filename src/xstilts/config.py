@@ -79,12 +79,21 @@ class TargetConfig(StrictModel):
     """The target phase (English training data) and what it takes over from the intermediate phase.
 
     carry = "encoder": only the encoder is carried over; the target head starts fresh (X-STILTs default).
-    carry = "encoder_and_head": the head of the intermediate task with the same label set is carried too.
+    carry = "encoder_and_head": an intermediate head is carried too: the one named by `carry_head`, or
+    without it the only intermediate head of the target's type and label set.
     """
 
     task: TaskData
     carry: Literal["encoder", "encoder_and_head"] = "encoder"
+    carry_head: str | None = Field(default=None, description="with carry encoder_and_head: the intermediate task "
+                                                             "whose head the target head starts from")
     train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _named_head(self) -> TargetConfig:
+        if self.carry_head is not None and self.carry != "encoder_and_head":
+            raise ValueError("carry_head names the intermediate head to carry: set carry: encoder_and_head")
+        return self
 
 
 class RunConfig(StrictModel):
@@ -106,6 +115,9 @@ class RunConfig(StrictModel):
     def _check(self) -> RunConfig:
         if self.target.carry == "encoder_and_head" and self.intermediate is None:
             raise ValueError("carry 'encoder_and_head' needs an intermediate phase")
+        names = [task.task for task in self.intermediate.tasks] if self.intermediate else []
+        if self.target.carry_head is not None and self.target.carry_head not in names:
+            raise ValueError(f"carry_head {self.target.carry_head!r} is not an intermediate task ({', '.join(names)})")
         check_unique_evaluations(self.evaluate)
         return self
 

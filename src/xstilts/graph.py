@@ -119,6 +119,8 @@ def build_graph(spec: StudySpec) -> Graph:
                              "train": spec.target.train.model_dump()}
             if parent is not None:
                 target_config["carry"] = spec.target.carry
+                if spec.target.carry_head is not None:
+                    target_config["carry_head"] = spec.target.carry_head
             target = graph.add(Node("target", target_config, (parent,) if parent else (),
                                     f"target {spec.target.task.task} after {arm.name if arm else BASELINE} seed {seed}"))
             for index, data in enumerate(spec.evaluate):

@@ -157,9 +157,17 @@ def _provenance(splits: list[SplitData]) -> list[dict]:
              "examples": len(s.examples), "skipped_unlabelled": s.skipped_unlabelled} for s in splits]
 
 
-def _carried_heads(parent: Path, heads: dict[str, HeadSpec]) -> dict[str, str]:
-    """For carry 'encoder_and_head': new head -> the parent's head of the same type and label list."""
+def _carried_heads(parent: Path, heads: dict[str, HeadSpec], named: str | None = None) -> dict[str, str]:
+    """For carry 'encoder_and_head': new head -> the parent's head `named`, or else the parent's only head of
+    the same type and label list."""
     saved = read_heads(parent)
+    if named is not None:
+        (name, wanted), = heads.items()
+        if saved.get(named) != wanted:
+            found = f"a {saved[named].type} head with labels {list(saved[named].labels)}" if named in saved else "none"
+            raise XstiltsError(f"carry_head {named!r}: head {name!r} needs an intermediate head {named!r} of type "
+                               f"{wanted.type} with labels {list(wanted.labels)}; found {found}")
+        return {name: named}
     carried = {}
     for name, wanted in heads.items():
         matches = [old for old, spec in saved.items() if spec == wanted]
@@ -173,7 +181,8 @@ def _carried_heads(parent: Path, heads: dict[str, HeadSpec]) -> dict[str, str]:
 
 
 def train_node(ctx: Context, out_dir: Path, *, tasks: list[TaskData], train: TrainConfig, seed: int,
-               parent: Path | None = None, carry: str = "encoder", sampling: str = "proportional",
+               parent: Path | None = None, carry: str = "encoder", carry_head: str | None = None,
+               sampling: str = "proportional",
                temperature: float = 2.0, description: str = "train") -> dict:
     """Train a head per task (on top of `parent`'s encoder when given); the selected model is saved in out_dir."""
     if is_done(out_dir):
@@ -196,7 +205,7 @@ def train_node(ctx: Context, out_dir: Path, *, tasks: list[TaskData], train: Tra
         model = MultiHeadModel(load_encoder(ctx.model, train.dropout, train.attention_dropout), heads, train.dropout,
                                ctx.pooling)
     else:
-        carried = _carried_heads(parent, heads) if carry == "encoder_and_head" else {}
+        carried = _carried_heads(parent, heads, carry_head) if carry == "encoder_and_head" else {}
         model = load_checkpoint(ctx.model, parent, heads, carried, train.dropout, ctx.pooling, train.attention_dropout)
     started = time.perf_counter()
     pad_id = ctx.tokenizer.pad_token_id

@@ -63,7 +63,8 @@ def run(config: RunConfig, output: Path) -> dict:
         parent = output / "intermediate"
     target = config.target
     metrics["target"] = train_node(ctx, output / "target", tasks=[target.task], train=target.train, seed=config.seed,
-                                   parent=parent, carry=target.carry, description="target")
+                                   parent=parent, carry=target.carry, carry_head=target.carry_head,
+                                   description="target")
     metrics["evaluation"] = {}
     files = [d for phase in ("intermediate", "target") if phase in metrics for d in metrics[phase]["data"]]
     for data in config.evaluate:

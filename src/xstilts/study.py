@@ -65,6 +65,7 @@ def _compute_node(study_dir: Path, spec_json: str, node: Node, out: Path) -> dic
     tasks = [TaskData(**t) for t in config["tasks"]] if node.kind == "intermediate" else [TaskData(**config["task"])]
     return train_node(ctx, out, tasks=tasks, train=TrainConfig(**config["train"]), seed=config["seed"],
                       parent=parents[0] if parents else None, carry=config.get("carry", "encoder"),
+                      carry_head=config.get("carry_head"),
                       sampling=config.get("sampling", "proportional"), temperature=config.get("temperature", 2.0),
                       description=node.label)
 

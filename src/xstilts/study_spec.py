@@ -77,6 +77,9 @@ class StudySpec(StrictModel):
         if duplicated:
             raise ValueError(f"arm names must be unique and not {BASELINE!r}: {sorted(duplicated)}")
         check_unique_evaluations(self.evaluate)
+        lacking = [arm.name for arm in self.arms if self.target.carry_head not in {None, *(t.task for t in arm.tasks)}]
+        if lacking:
+            raise ValueError(f"target.carry_head {self.target.carry_head!r} is not a task of the arms {lacking}")
         self._check_primary()
         return self
 
