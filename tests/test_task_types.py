@@ -198,3 +198,27 @@ def test_the_tasks_command_lists_built_in_and_user_tasks(tmp_path, shared_data_d
     assert "| retrieval | accuracy | 36: afr ara ben bul cmn deu ... | test | local |" in rows["tatoeba"]
     # the user's task, its files not in this data folder
     assert rows["pick"] == "| pick | multiple_choice | accuracy | en | train dev | local (2 file(s) missing) |"
+
+
+def test_a_rows_slice_keeps_labels_from_aligned_by_file_row(tmp_path):
+    """`rows` takes records 1-2 of the file; their labels come from rows 1-2 of the labels file, not 0-1."""
+    tasks, data = tmp_path / "tasks", tmp_path / "data"
+    tasks.mkdir()
+    data.mkdir()
+    (tasks / "sliced.yaml").write_text(
+        "name: sliced\nlabels: [a, b, c]\n"
+        "local: {format: tsv, header: false, files: {dev: x.tsv}, rows: {dev: '1:3'}, columns: {text_a: 0},\n"
+        "        labels_from: {file: y.tsv, column: 0}}\n")
+    (data / "x.tsv").write_text("s0\ns1\ns2\ns3\n")
+    (data / "y.tsv").write_text("a\nb\nc\na\n")
+    examples = read_split(load_registry([tasks]).get("sliced"), "dev", "en", data).examples
+    assert [(e.text_a, e.label) for e in examples] == [("s1", 1), ("s2", 2)]
+
+
+def test_slurm_values_stay_as_written_unless_numbers():
+    from xstilts.cli import _key_value
+
+    assert _key_value("slurm_time=2:00:00") == ("slurm_time", "2:00:00")
+    assert _key_value("cpus_per_task=8") == ("cpus_per_task", 8)
+    assert _key_value("mem_gb=7.5") == ("mem_gb", 7.5)
+    assert _key_value("slurm_partition=on") == ("slurm_partition", "on")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -30,10 +31,18 @@ def _study(args: argparse.Namespace) -> None:
     spec = load_study(args.study)
     if args.data_dir:
         spec = spec.model_copy(update={"data_dir": args.data_dir})
-    study_dir = args.output or Path("studies-out") / spec.name
-    executor = make_executor(args.executor, args.workers or spec.workers, study_dir, args.address, args.cpus_per_node,
+    if args.executor == "local" and (args.address or args.cpus_per_node or args.slurm):
+        raise XstiltsError("--address, --cpus-per-node and --slurm are for --executor ray or slurm")
+    data_dir = spec.data_dir or os.environ.get("XSTILTS_DATA_DIR")
+    if data_dir:  # workers elsewhere (Ray, Slurm) do not share this working directory: absolute paths
+        spec = spec.model_copy(update={"data_dir": str(Path(data_dir).expanduser().resolve())})
+    if Path(spec.model).expanduser().is_dir():
+        spec = spec.model_copy(update={"model": str(Path(spec.model).expanduser().resolve())})
+    study_dir = (args.output or Path("studies-out") / spec.name).resolve()
+    workers = args.workers or spec.workers
+    executor = make_executor(args.executor, workers, study_dir, args.address, args.cpus_per_node,
                              dict(args.slurm or []))
-    run_study(spec, study_dir, dry_run=args.dry_run, executor=executor)
+    run_study(spec, study_dir, workers=workers, dry_run=args.dry_run, executor=executor)
 
 
 def _tasks(args: argparse.Namespace) -> None:
@@ -101,9 +110,12 @@ def _key_value(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE")
-    import yaml
-
-    return key.strip(), yaml.safe_load(value)
+    for number in (int, float):  # 8 and 0.5 are numbers; 2:00:00, gpu or on stay as written
+        try:
+            return key.strip(), number(value)
+        except ValueError:
+            pass
+    return key.strip(), value
 
 
 def build_parser() -> argparse.ArgumentParser:

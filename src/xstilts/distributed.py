@@ -5,7 +5,8 @@ gradients are summed over ranks once per optimizer step (after accumulation, one
 rank's loss divided by the *global* micro-batch size, so the update is the single-process update up to
 floating-point summation order. The process group comes from accelerate's `PartialState` (gloo on CPU,
 NCCL on CUDA, one GPU per local rank). Only rank 0 writes checkpoints, best weights, results and DONE;
-the others wait at a barrier and read what it wrote."""
+the others wait at a barrier and read what it wrote. Dropout masks differ from a single process's (each rank
+draws its own for its rows), so only runs without dropout match a single process exactly."""
 
 from __future__ import annotations
 
@@ -38,18 +39,27 @@ class Ranks:
         optimizer skips it, as it would alone); one used by only some ranks gets zeros from the others."""
         if self.world == 1:
             return loss
-        used = torch.tensor([p.grad is not None for p in parameters] + [1.0], dtype=torch.float32)
+        first = parameters[0]
+        used = [float(p.grad is not None) for p in parameters]
         flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in parameters]
-                         + [torch.tensor([loss], dtype=parameters[0].dtype, device=parameters[0].device)])
-        used = used.to(flat.device)
-        torch.distributed.all_reduce(flat)
-        torch.distributed.all_reduce(used)
+                         + [torch.tensor(used + [loss], dtype=first.dtype, device=first.device)])
+        torch.distributed.all_reduce(flat)  # one collective: gradients, which ranks used each, and the loss
+        counts = flat[-len(used) - 1:-1].tolist()
         offset = 0
-        for parameter, count in zip(parameters, used.tolist()):
+        for parameter, count in zip(parameters, counts):
             size = parameter.numel()
-            parameter.grad = flat[offset:offset + size].view_as(parameter).clone() if count else None
+            parameter.grad = flat[offset:offset + size].view_as(parameter) if count else None  # views, no copies
             offset += size
         return float(flat[-1])
+
+    def decided_by_main(self, value: bool) -> bool:
+        """Rank 0's `value` on every rank (e.g. whether a phase is already done), so that all ranks take the
+        same path through the phase's barriers."""
+        if self.world == 1:
+            return value
+        box = [value]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return bool(box[0])
 
     def barrier(self) -> None:
         """Wait until every rank gets here."""

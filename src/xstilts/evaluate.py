@@ -65,12 +65,11 @@ def evaluate_model(model_dir: Path, data: EvalData, output: Path, base_model: st
     registry = load_registry()
     spec = registry.get(data.task)
     resolved = resolve_data_dir(data_dir)
-    if spec.type == "retrieval" or not (model_dir / HEADS_FILE).is_file():  # an encoder is all retrieval needs
+    if spec.type == "retrieval":  # an encoder is all it needs: a trained one, or `model_dir` naming a base model
+        trained = model_dir if (model_dir / HEADS_FILE).is_file() else None
         check_plan(registry, resolved, [], data.task, [data])
-        ctx = Context.create(base_model if (model_dir / HEADS_FILE).is_file() else str(model_dir), registry, resolved,
-                             max_length, "auto")
-        return eval_node(ctx, output, trained=model_dir if (model_dir / HEADS_FILE).is_file() else None, head=None,
-                         data=data)
+        ctx = Context.create(base_model if trained else str(model_dir), registry, resolved, max_length, "auto")
+        return eval_node(ctx, output, trained=trained, head=None, data=data)
     heads = read_heads(model_dir)
     matching = [head for head, head_spec in heads.items() if head_spec.type == spec.type and list(head_spec.labels) == spec.labels]
     if len(matching) != 1:

@@ -31,7 +31,7 @@ def predict(
     predictions = np.empty(len(features), dtype=np.int64)
     half = next(model.parameters()).dtype == torch.bfloat16
     with torch.inference_mode(), (contextlib.nullcontext() if half else autocast(precision, device)):
-        for indices in token_budget_batches(features.lengths, max_tokens):
+        for indices in token_budget_batches(features.lengths, max(1, max_tokens // features.choices)):
             batch = collate(features, indices, pad_id)
             batch.pop("labels")
             logits = model(head, choices=features.choices, **{key: value.to(device) for key, value in batch.items()})

@@ -185,7 +185,7 @@ def train_node(ctx: Context, out_dir: Path, *, tasks: list[TaskData], train: Tra
                sampling: str = "proportional",
                temperature: float = 2.0, description: str = "train") -> dict:
     """Train a head per task (on top of `parent`'s encoder when given); the selected model is saved in out_dir."""
-    if is_done(out_dir):
+    if current_ranks().decided_by_main(is_done(out_dir)):
         return read_result(out_dir)
     train_tasks, provenance = [], []
     for data in tasks:
@@ -243,9 +243,9 @@ def eval_node(ctx: Context, out_dir: Path, *, trained: Path | None, head: str | 
     """Score every language of an evaluation set with one head of the `trained` model, or for a retrieval task
     with its encoder (`trained` None: the base model's); writes per-example predictions. A capped evaluation
     set is the same subsample for every run and seed, so results stay paired."""
-    if is_done(out_dir):
-        return read_result(out_dir)
     ranks = current_ranks()
+    if ranks.decided_by_main(is_done(out_dir)):
+        return read_result(out_dir)
     if not ranks.main:  # evaluation is rank 0's alone
         ranks.barrier()
         return read_result(out_dir)

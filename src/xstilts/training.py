@@ -192,8 +192,9 @@ def train_phase(model: MultiHeadModel, tasks: list[TrainTask], config: TrainConf
     checkpointing = config.activation_checkpointing
     if checkpointing is None:
         length = max(int(task.train.lengths.max()) for task in tasks)
+        sequences = config.batch_size * max(task.train.choices for task in tasks)
         checkpointing = device.type == "cpu" and needs_activation_checkpointing(
-            model.encoder, config.batch_size, length, 2 if precision == "bf16" else 4)
+            model.encoder, sequences, length, 2 if precision == "bf16" else 4)
     with attention_implementation(model.encoder, training_attention(config.attention, device)), \
             activation_checkpointing(model.encoder, checkpointing):
         return _train(model, tasks, config, out_dir, seed=seed, pad_id=pad_id, precision=precision, device=device,
@@ -205,7 +206,7 @@ def _train(model: MultiHeadModel, tasks: list[TrainTask], config: TrainConfig, o
            description: str) -> dict:
     """The loop of `train_phase`."""
     ranks = current_ranks()
-    torch.manual_seed(seed + 7919 * ranks.rank)  # rank 0 draws what a single process draws
+    torch.manual_seed(seed + 7919 * ranks.rank)  # each rank its own dropout stream
     model.to(device).train()
     if config.freeze_embeddings:
         model.encoder.get_input_embeddings().weight.requires_grad_(False)
@@ -217,7 +218,7 @@ def _train(model: MultiHeadModel, tasks: list[TrainTask], config: TrainConfig, o
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
     fingerprint = {"config": config.model_dump(), "seed": seed, "sizes": [len(task.train) for task in tasks],
                    "heads": [task.head for task in tasks], "sampling": [sampling, temperature], "precision": precision,
-                   "world_size": ranks.world}
+                   **({"world_size": ranks.world} if ranks.world > 1 else {})}  # as before for one process
     average = WeightAverage() if config.average_from is not None else None
     average_start = math.ceil(config.average_from * total_steps) if average is not None else None
     state = _resume(out_dir, model, optimizer, scheduler, fingerprint, average)
@@ -241,7 +242,7 @@ def _train(model: MultiHeadModel, tasks: list[TrainTask], config: TrainConfig, o
             task_index, indices = schedule[state.step * config.grad_accumulation + micro]
             task = tasks[task_index]
             state.examples += len(indices)
-            state.tokens += int(task.train.lengths[indices].sum())
+            state.tokens += sum(len(task.train.input_ids[row]) for row in task.train.sequences(indices))
             mine = ranks.shard(indices)
             if not len(mine):
                 continue
@@ -290,7 +291,8 @@ def _train(model: MultiHeadModel, tasks: list[TrainTask], config: TrainConfig, o
         if state.step % config.checkpoint_every == 0 and ranks.main:
             _save_checkpoint(out_dir, model, optimizer, scheduler, state, fingerprint, average)
     progress.close()
-    ranks.barrier()  # rank 0 has written the best weights
+    if not ranks.main:  # rank 0 selects, saves and reports the phase's model
+        return {"steps": state.step}
     averaged = {}
     if average is not None and average.count:
         average.apply(model)

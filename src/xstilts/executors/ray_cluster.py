@@ -63,10 +63,11 @@ class RayExecutor:
             node = waiting.pop(ready[0])
             try:
                 result = ray.get(ready[0])
-            except ray.exceptions.RayTaskError as error:  # its text carries the worker's traceback
-                if isinstance(error.cause, XstiltsError):
-                    raise XstiltsError(f"{node.label}: {error.cause}") from None
-                raise XstiltsError(f"{node.label}: the Ray task failed: {type(error.cause).__name__}: "
-                                   f"{str(error.cause).strip().splitlines()[-1]}") from None
+            except ray.exceptions.RayError as error:  # a task's error carries the worker's traceback; a worker
+                cause = getattr(error, "cause", None) or error  # that died past its retries is a RayError too
+                if isinstance(cause, XstiltsError):
+                    raise XstiltsError(f"{node.label}: {cause}") from None
+                lines = str(cause).strip().splitlines() or [""]
+                raise XstiltsError(f"{node.label}: the Ray task failed: {type(cause).__name__}: {lines[-1]}") from None
             progress.finished(node, result)
             done.add(node.name)

@@ -39,8 +39,16 @@ class SlurmExecutor:
         except (NameError, TypeError, ValueError) as error:  # submitit names an unknown key with a NameError
             raise XstiltsError(f"--slurm: {str(error).splitlines()[0]} (generic keys: timeout_min, mem_gb, "
                                "cpus_per_task, gpus_per_node, ...; Slurm's own with a slurm_ prefix)") from None
-        pending = {node.name: node for node in nodes}
         running: dict[str, tuple[object, Node]] = {}
+        try:
+            self._run(executor, nodes, work, progress, running)
+        finally:  # a failed job, or Ctrl-C, leaves no job of this study queued or running
+            for job, _ in running.values():
+                job.cancel(check=False)
+
+    def _run(self, executor, nodes: list[Node], work: Callable[[Node], dict], progress: Progress,
+             running: dict[str, tuple[object, Node]]) -> None:
+        pending = {node.name: node for node in nodes}
         done: set[str] = set()
         while pending or running:
             ready = [n for n in pending.values() if all(p in done or p not in {*pending, *running} for p in n.parents)]

@@ -105,7 +105,7 @@ def _rows(path: Path, source: LocalSource, odd: dict[str, list[int]]) -> Iterato
                 raise XstiltsError(f"{path}:{number - len(record) + 1}: an incomplete record: {len(record)} of "
                                    f"{source.lines_per_record} lines")
     elif source.format in ("tsv", "csv"):
-        with open(path, encoding="utf-8-sig", newline="") as handle:
+        with _open_text(path, newline="") as handle:
             if source.format == "tsv":
                 reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
             else:
@@ -128,7 +128,7 @@ def _rows(path: Path, source: LocalSource, odd: dict[str, list[int]]) -> Iterato
                     odd["extra"].append(number)
                 yield number, (row, header)
     elif source.format == "jsonl":
-        with open(path, encoding="utf-8-sig") as handle:
+        with _open_text(path) as handle:
             for number, line in enumerate(handle, start=1):
                 if line.strip():
                     try:
@@ -137,7 +137,8 @@ def _rows(path: Path, source: LocalSource, odd: dict[str, list[int]]) -> Iterato
                         raise XstiltsError(f"{path}:{number}: invalid JSON ({error.msg})") from None
     else:
         try:
-            data = json.loads(path.read_text(encoding="utf-8-sig"))
+            with _open_text(path) as handle:
+                data = json.loads(handle.read())
         except json.JSONDecodeError as error:
             raise XstiltsError(f"{path}:{error.lineno}: invalid JSON ({error.msg})") from None
         if not isinstance(data, (dict, list)):
@@ -147,11 +148,11 @@ def _rows(path: Path, source: LocalSource, odd: dict[str, list[int]]) -> Iterato
             yield number, (record, None)
 
 
-def _open_text(path: Path):
-    """A text file (bzip2-compressed when its name ends in .bz2) as UTF-8 lines."""
+def _open_text(path: Path, newline: str | None = None):
+    """A file as UTF-8 text (a byte-order mark read as such), decompressed when its name ends in .bz2."""
     if path.suffix == ".bz2":
-        return bz2.open(path, "rt", encoding="utf-8-sig")
-    return open(path, encoding="utf-8-sig")
+        return bz2.open(path, "rt", encoding="utf-8-sig", newline=newline)
+    return open(path, encoding="utf-8-sig", newline=newline)
 
 
 def _read_rows(path: Path, source: LocalSource, odd: dict[str, list[int]]) -> list[tuple[int, Any]]:
@@ -230,13 +231,11 @@ def read_local(spec: TaskSpec, split: str, language: str, data_dir: Path) -> Spl
     rows = _read_rows(path, source, odd)
     if split in source.aligned_files:
         rows = _aligned(spec, split, language, data_dir, path, rows)
-    if split in source.rows:
-        start, _, end = source.rows[split].partition(":")
-        rows = rows[int(start or 0):int(end) if end.strip() else None]
     if labels is not None and labels.by_key is None and len(labels) != len(rows):
         raise XstiltsError(f"{path}: {len(rows)} rows, but its labels_from file {labels.path} has "
                            f"{len(labels)}: the rows must align one to one")
-    for index, (number, (row, header)) in enumerate(rows):
+    chosen = _slice(source.rows[split]) if split in source.rows else slice(None)
+    for index, (number, (row, header)) in list(enumerate(rows))[chosen]:
         fields = {name: _checked_text(path, number, name, [_field(path, number, row, header, c) for c in column]
                                       if isinstance(column, list) else _field(path, number, row, header, column))
                   for name, column in columns.items()}
@@ -274,6 +273,12 @@ def _aligned(spec: TaskSpec, split: str, language: str, data_dir: Path, path: Pa
         raise XstiltsError(f"{path}: {len(rows)} rows, but its aligned file {other} has {len(continued)}: the rows "
                            "must align one to one")
     return [(number, (list(row) + list(more), None)) for (number, (row, _)), (_, (more, _)) in zip(rows, continued)]
+
+
+def _slice(text: str) -> slice:
+    """'START:END' (either may be empty) as a slice of records."""
+    start, _, end = text.partition(":")
+    return slice(int(start) if start.strip() else None, int(end) if end.strip() else None)
 
 
 @dataclass(frozen=True)

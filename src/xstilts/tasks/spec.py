@@ -62,6 +62,8 @@ class LocalSource(StrictModel):
 
     @model_validator(mode="after")
     def _placeholders(self) -> LocalSource:
+        if self.aligned_files and self.format != "text":
+            raise ValueError("aligned_files needs format: text (line i of one file continues line i of the other)")
         for split, value in self.rows.items():
             start, colon, end = value.partition(":")
             if not colon or not all(part.strip().isdigit() for part in (start, end) if part.strip()):
