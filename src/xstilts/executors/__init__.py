@@ -24,6 +24,11 @@ class Executor(Protocol):
     def run(self, nodes: list[Node], work: Callable[[Node], dict], progress: Progress) -> None: ...
 
 
+def ready_nodes(pending: dict[str, Node], in_run: set[str], done: set[str]) -> list[Node]:
+    """The pending nodes whose parents are finished: done in this run, or not part of it (cached)."""
+    return [node for node in pending.values() if all(p in done or p not in in_run for p in node.parents)]
+
+
 def make_executor(kind: str, workers: int, study_dir: Path, address: str | None = None, cpus_per_node: float | None = None,
                   slurm: dict | None = None) -> Executor:
     """`local`: sequential for one worker, process-parallel for more; `ray`: a Ray cluster (`address`);

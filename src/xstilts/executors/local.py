@@ -7,7 +7,7 @@ import multiprocessing
 import os
 from typing import Callable
 
-from xstilts.executors import Progress
+from xstilts.executors import Progress, ready_nodes
 from xstilts.graph import Node
 
 
@@ -35,7 +35,7 @@ class ParallelExecutor:
 
     def run(self, nodes: list[Node], work: Callable[[Node], dict], progress: Progress) -> None:
         pending = {node.name: node for node in nodes}
-        keys = set(pending)
+        in_run = set(pending)
         done: set[str] = set()
         threads = max(1, (os.cpu_count() or 1) // self.workers)
         context = multiprocessing.get_context("spawn")
@@ -43,7 +43,7 @@ class ParallelExecutor:
                                                     initargs=(threads,)) as pool:
             running: dict[concurrent.futures.Future, Node] = {}
             while pending or running:
-                ready = [n for n in pending.values() if all(p in done or p not in keys for p in n.parents)]
+                ready = ready_nodes(pending, in_run, done)
                 for node in ready[: self.workers - len(running)]:
                     del pending[node.name]
                     progress.started(node)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from xstilts.errors import XstiltsError
-from xstilts.executors import Progress
+from xstilts.executors import Progress, ready_nodes
 from xstilts.graph import Node
 
 DEFAULT_PARAMETERS = {"timeout_min": 240, "cpus_per_task": 4, "name": "xstilts"}
@@ -49,9 +49,10 @@ class SlurmExecutor:
     def _run(self, executor, nodes: list[Node], work: Callable[[Node], dict], progress: Progress,
              running: dict[str, tuple[object, Node]]) -> None:
         pending = {node.name: node for node in nodes}
+        in_run = set(pending)
         done: set[str] = set()
         while pending or running:
-            ready = [n for n in pending.values() if all(p in done or p not in {*pending, *running} for p in n.parents)]
+            ready = ready_nodes(pending, in_run, done)
             for node in ready[: self.jobs - len(running)]:
                 del pending[node.name]
                 progress.started(node)
