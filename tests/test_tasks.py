@@ -47,9 +47,13 @@ EXPECTED_ROWS = {
     ("hellaswag", "dev"): {"en": 1000},
     ("cosmosqa", "train"): {"en": 2485},  # the validation file's first 2,485 questions; the last 500 are dev
     ("cosmosqa", "dev"): {"en": 500},
+    ("pawsx", "dev"): {lang: 2000 for lang in ["en", "de", "ko", "zh"]},
+    ("pawsx", "test"): {lang: 2000 for lang in ["en", "de", "ko", "zh"]},  # the four with gold test labels
+    ("pawsx-dev", "dev"): {lang: 2000 for lang in ["en", "de", "es", "fr", "ja", "ko", "zh"]},
     ("tatoeba", "test"): {lang: {"jav": 205, "kat": 746, "kaz": 575, "mal": 687, "swh": 390, "tam": 307, "tel": 234,
                                  "tha": 548}.get(lang, 1000) for lang in TATOEBA_LANGUAGES},
 }
+HUB_ONLY = {"anli", "commonsense_qa", "social_i_qa"}
 AMERICAS_RANGES = {"dev": (222, 743), "test": (738, 750)}
 SKIPPED = {("indonli-mt", "dev"): 40}
 
@@ -65,13 +69,14 @@ def _local_splits() -> list[tuple[str, str]]:
 def test_builtin_registry_loads_every_yaml():
     registry = load_registry()
     files = sorted(BUILTIN_DIR.glob("*.yaml"))
-    assert len(files) == len(registry.tasks) == 14
+    assert len(files) == len(registry.tasks) == 19
     assert set(registry.tasks) == {
         "americasnli", "indonli", "indonli-mt", "klue-nli", "mnli", "qnli", "qqp", "rte", "snli", "sst2", "xnli",
-        "hellaswag", "cosmosqa", "tatoeba"}
+        "hellaswag", "cosmosqa", "tatoeba", "pawsx", "pawsx-dev", *HUB_ONLY}
     for name, spec in registry.tasks.items():
         assert spec.name == name
-        assert spec.local is not None, name  # every built-in task has local files in the shared data
+        # every built-in task but the Hub-only ones has local files in the shared data
+        assert (spec.local is None) == (name in HUB_ONLY), name
         if spec.type == "classification":
             assert len(set(spec.labels)) == len(spec.labels) >= 2
     assert registry.get("tatoeba").languages == TATOEBA_LANGUAGES
@@ -576,3 +581,29 @@ def test_file_names_relative_to_the_task_file(tmp_path):
     (tmp_path / "data").mkdir()
     spec = load_registry([path.parent]).get("pairs")
     assert read_split(spec, "dev", "en", tmp_path / "data").examples == [Example("a", "b", 1)]
+
+
+def test_pawsx_fields_are_read_with_csv_quoting(shared_data_dir):
+    """Line 19 of test-de.tsv starts with a quoted field holding doubled quotes (three quote marks, then
+    Angel Eyes, then two)."""
+    example = read_split(load_registry().get("pawsx"), "test", "de", shared_data_dir).examples[18]
+    assert example.text_a.startswith('"Angel Eyes" ist ein beliebter Song aus dem Jahre 1946')
+    assert example.label == 0  # different
+
+
+@pytest.mark.parametrize("task, record, expected", [
+    ("commonsense_qa", {"question": "Where?", "choices": {"label": list("ABCDE"), "text": list("vwxyz")},
+                        "answerKey": "C"}, ("Where?", ("v", "w", "x", "y", "z"), 2)),
+    ("social_i_qa", {"context": "Ann left.", "question": "Why?", "answerA": "a", "answerB": "b", "answerC": "c",
+                     "label": "3"}, ("Ann left. Why?", ("a", "b", "c"), 2)),
+    ("anli", {"premise": "p", "hypothesis": "h", "label": 2}, ("p", "h", 2)),
+])
+def test_hub_only_tasks_map_their_records(monkeypatch, task, record, expected):
+    """What the Hub specs of tasks with no local copy make of a record of their data set's schema (the
+    download itself needs internet; `datasets.load_dataset` hands over the record here)."""
+    import datasets
+
+    monkeypatch.setattr(datasets, "load_dataset", lambda path, name, split: [record])
+    example = read_split(load_registry().get(task), "dev", "en", None).examples[0]
+    second = example.choices if example.choices else example.text_b
+    assert (example.text_a, second, example.label) == expected

@@ -107,7 +107,7 @@ def _rows(path: Path, source: LocalSource, odd: dict[str, list[int]]) -> Iterato
     elif source.format in ("tsv", "csv"):
         with _open_text(path, newline="") as handle:
             if source.format == "tsv":
-                reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+                reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_MINIMAL if source.quoted else csv.QUOTE_NONE)
             else:
                 reader = csv.reader(handle)
             header: list[str] | None = None
@@ -324,7 +324,7 @@ def read_hub(spec: TaskSpec, split: str, language: str) -> SplitData:
     kind = task_type(spec.type)
     examples, skipped = [], 0
     for number, record in enumerate(dataset, start=1):
-        fields = {key: [record[c] for c in column] if isinstance(column, list) else record[column]
+        fields = {key: [_hub_field(record, c) for c in column] if isinstance(column, list) else _hub_field(record, column)
                   for key, column in source.columns.items()}
         example = kind.example(spec, fields, source.label_map, f"{where}:{number}")
         if example is None:
@@ -333,6 +333,13 @@ def read_hub(spec: TaskSpec, split: str, language: str) -> SplitData:
             examples.append(example)
     fingerprint = getattr(dataset, "_fingerprint", None)
     return SplitData(spec.name, split, language, examples, where, fingerprint, skipped, spec.labels)
+
+
+def _hub_field(record: dict, column: str) -> Any:
+    """A Hub record's field; `a.b` reads field b of the nested record a (e.g. `choices.text`)."""
+    for part in column.split("."):
+        record = record[part]
+    return record
 
 
 def reads_local(spec: TaskSpec, data_dir: Path | None, source: str) -> bool:

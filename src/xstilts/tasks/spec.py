@@ -46,6 +46,8 @@ class LocalSource(StrictModel):
     format: Literal["tsv", "csv", "json", "jsonl", "text"]
     files: dict[SplitName, str]
     header: bool = True
+    quoted: bool = Field(default=False, description="tsv: fields are quoted as Python's csv module writes them "
+                                                    "(PAWS-X); by default a tsv has no quoting (XNLI)")
     columns: dict[str, str | int | list[str | int]]
     rows: dict[SplitName, str] = Field(default_factory=dict, description="a slice 'START:END' of a file's records "
                                        "per split: two splits from one file (a dev slice held out of train)")
@@ -80,7 +82,8 @@ class LocalSource(StrictModel):
 
 
 class HubSource(StrictModel):
-    """A Hugging Face Hub data set; `{language}` in `name` is filled per language."""
+    """A Hugging Face Hub data set; `{language}` in `name` is filled per language; a column `a.b` is field b of
+    the nested record a; a split may combine several (`train_r1+train_r2`)."""
 
     path: str
     name: str | None = None
