@@ -44,6 +44,10 @@ def test_rerun_is_cached_and_new_arm_runs_only_new_nodes(tiny_model_dir, shared_
     assert set(timings["ran_by_phase_kind"]) == {"intermediate", "target", "eval"}
     assert timings["ran_by_phase_kind"] == timings["all_nodes_by_phase_kind"]
     assert sum(timings["ran_by_phase_kind"].values()) <= timings["this_invocation"]
+    parts = timings["ran_by_part"]
+    assert set(parts) == {"read_and_tokenize", "load_model", "compute"}
+    assert parts["read_and_tokenize"] > 0 and parts["compute"] > 0 and parts["load_model"] >= 0  # tiny model: ~0
+    assert sum(parts.values()) == pytest.approx(sum(timings["ran_by_phase_kind"].values()), abs=0.5)
 
     run_study(spec, study_dir)  # everything cached: nothing is trained again
     assert "5 cached, 0 to run" in capsys.readouterr().err

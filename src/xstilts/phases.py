@@ -53,6 +53,7 @@ class Context:
     tokenizer: PreTrainedTokenizerBase
     pooling: str = "mean"
     trim_vocab: bool = True
+    tokenize_seconds: float = 0.0  # reading and tokenizing splits, summed over this context's life
     _splits: dict = field(default_factory=dict)
 
     @classmethod
@@ -80,9 +81,11 @@ class Context:
         """Rows of one task/split/language, read and tokenized once per context."""
         key = (task, split, language, source)
         if key not in self._splits:
+            started = time.perf_counter()
             spec = self.registry.get(task)
             data = read_split(spec, split, language, self.data_dir, source)
             self._splits[key] = (data, task_type(spec.type).featurize(data.examples, self.tokenizer, self.max_length))
+            self.tokenize_seconds += time.perf_counter() - started
         return self._splits[key]
 
     def rows(self, data: TaskData, seed: int, split: str | None = None) -> tuple[Features, list[SplitData]]:
@@ -141,6 +144,28 @@ def is_done(directory: Path) -> bool:
         return False
 
 
+class _PartClock:
+    """A node's wall time (`seconds`) and its parts: reading and tokenizing data, loading the model (up to
+    `loaded()`), and the rest (training or scoring, saving)."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.started = time.perf_counter()
+        self.tokenize_before = ctx.tokenize_seconds
+        self.load_model = 0.0
+
+    def loaded(self) -> None:
+        tokenize = self.ctx.tokenize_seconds - self.tokenize_before
+        self.load_model = time.perf_counter() - self.started - tokenize
+
+    def result(self) -> dict:
+        total = time.perf_counter() - self.started
+        tokenize = self.ctx.tokenize_seconds - self.tokenize_before
+        return {"seconds": round(total, 2), "seconds_by_part": {
+            "read_and_tokenize": round(tokenize, 2), "load_model": round(self.load_model, 2),
+            "compute": round(total - tokenize - self.load_model, 2)}}
+
+
 def _finish(directory: Path, result: dict) -> dict:
     """Write the result, then the DONE marker (last, atomically); with several processes this is rank 0's
     work, and the others wait for it at a barrier."""
@@ -187,6 +212,7 @@ def train_node(ctx: Context, out_dir: Path, *, tasks: list[TaskData], train: Tra
     """Train a head per task (on top of `parent`'s encoder when given); the selected model is saved in out_dir."""
     if current_ranks().decided_by_main(is_done(out_dir)):
         return read_result(out_dir)
+    clock = _PartClock(ctx)
     train_tasks, provenance = [], []
     for data in tasks:
         features, splits = ctx.rows(data, seed)
@@ -207,7 +233,7 @@ def train_node(ctx: Context, out_dir: Path, *, tasks: list[TaskData], train: Tra
     else:
         carried = _carried_heads(parent, heads, carry_head) if carry == "encoder_and_head" else {}
         model = load_checkpoint(ctx.model, parent, heads, carried, train.dropout, ctx.pooling, train.attention_dropout)
-    started = time.perf_counter()
+    clock.loaded()
     pad_id = ctx.tokenizer.pad_token_id
     trim = None
     if ctx.trim_vocab:
@@ -235,7 +261,7 @@ def train_node(ctx: Context, out_dir: Path, *, tasks: list[TaskData], train: Tra
     return _finish(out_dir, {
         "kind": "train", "tasks": [d.model_dump() for d in tasks], "train_examples": {t.head: len(t.train) for t in train_tasks},
         "seed": seed, "precision": ctx.precision, "data": provenance, "metrics": metrics,
-        "seconds": round(time.perf_counter() - started, 2), "peak_rss_mb": round(peak_rss_mb(), 1),
+        **clock.result(), "peak_rss_mb": round(peak_rss_mb(), 1),
     })
 
 
@@ -249,10 +275,11 @@ def eval_node(ctx: Context, out_dir: Path, *, trained: Path | None, head: str | 
     if not ranks.main:  # evaluation is rank 0's alone
         ranks.barrier()
         return read_result(out_dir)
+    clock = _PartClock(ctx)
     spec = ctx.registry.get(data.task)
     kind = task_type(spec.type)
     scorer = _scorer(ctx, spec, trained, head)
-    started = time.perf_counter()
+    clock.loaded()
     threads = CpuThreads() if ctx.device.type == "cpu" else None
     languages, provenance = {}, []
     for language in data.languages or spec.languages:
@@ -269,8 +296,8 @@ def eval_node(ctx: Context, out_dir: Path, *, trained: Path | None, head: str | 
     average = float(np.mean([value["accuracy"] for value in languages.values()]))
     return _finish(out_dir, {
         "kind": "eval", "task": data.task, "split": data.split, "head": head, "languages": languages,
-        "average": average, "data": provenance, "seconds": round(time.perf_counter() - started, 2),
-        "pairs_per_second": round(sum(v["n"] for v in languages.values()) / (time.perf_counter() - started), 1),
+        "average": average, "data": provenance, **clock.result(),
+        "pairs_per_second": round(sum(v["n"] for v in languages.values()) / clock.result()["seconds"], 1),
     })
 
 

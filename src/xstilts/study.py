@@ -155,10 +155,15 @@ def run_study(spec: StudySpec, study_dir: Path, workers: int | None = None, dry_
         **environment(), "study": spec.name, "seeds": spec.seeds, "nodes": len(graph.nodes), "ran_nodes": len(todo),
         "data_files": _data_files(graph, study_dir),
         "timings_seconds": {"this_invocation": round(time.perf_counter() - started, 1), "ran_by_phase_kind": ran,
+                            "ran_by_part": part_seconds(study_dir, todo),
                             "all_nodes_by_phase_kind": phase_seconds(study_dir, list(graph.nodes.values()))},
         "peak_rss_mb": round(peak_rss_mb(), 1),
     })
     kinds = ", ".join(f"{kind} {_clock(seconds)}" for kind, seconds in ran.items())
+    parts = part_seconds(study_dir, todo)
+    if parts:
+        kinds += (f"; of which reading and tokenizing {_clock(parts['read_and_tokenize'])}, model loading "
+                  f"{_clock(parts['load_model'])}")
     print(f"[study] finished in {_clock(time.perf_counter() - started)} ({kinds or 'all cached'}); results: {path}",
           file=sys.stderr)
     return path
@@ -171,6 +176,17 @@ def phase_seconds(study_dir: Path, nodes: list[Node]) -> dict[str, float]:
     for node in nodes:
         totals[node.kind] = round(totals.get(node.kind, 0.0) + read_result(node_dir(study_dir, node))["seconds"], 1)
     return totals
+
+
+def part_seconds(study_dir: Path, nodes: list[Node]) -> dict[str, float]:
+    """Seconds spent reading and tokenizing data, loading models and computing, over `nodes` (results
+    written before these parts were recorded count as computing)."""
+    totals = {"read_and_tokenize": 0.0, "load_model": 0.0, "compute": 0.0}
+    for node in nodes:
+        result = read_result(node_dir(study_dir, node))
+        for part, seconds in result.get("seconds_by_part", {"compute": result["seconds"]}).items():
+            totals[part] = round(totals[part] + seconds, 1)
+    return totals if nodes else {}
 
 
 def _result(study_dir: Path, name: str) -> dict:
