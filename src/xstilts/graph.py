@@ -82,7 +82,8 @@ def _inputs(tasks: list[TaskData], registry: TaskRegistry, data_dir: Path | None
         spec = registry.get(data.task)
         splits = [data.split] + (["dev"] if training and "dev" in spec.splits and data.split != "dev" else [])
         inputs[data.task] = {
-            "spec": hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:16],
+            # defaults left out: a new optional task key does not re-key every cached node
+            "spec": hashlib.sha256(spec.model_dump_json(exclude_defaults=True).encode()).hexdigest()[:16],
             "files": {f"{split}/{language}": input_fingerprint(spec, split, language, data_dir, data.source)
                       for split in splits for language in data.languages or spec.languages}}
     return inputs
