@@ -46,7 +46,9 @@ def test_rerun_is_cached_and_new_arm_runs_only_new_nodes(tiny_model_dir, shared_
     assert sum(timings["ran_by_phase_kind"].values()) <= timings["this_invocation"]
     parts = timings["ran_by_part"]
     assert set(parts) == {"read_and_tokenize", "load_model", "compute"}
-    assert parts["read_and_tokenize"] > 0 and parts["compute"] > 0 and parts["load_model"] >= 0  # tiny model: ~0
+    # a process reads and tokenizes a split once (an earlier study in this process may have), and loading
+    # the tiny model takes milliseconds: only computing is sure to take time here
+    assert parts["compute"] > 0 and parts["read_and_tokenize"] >= 0 and parts["load_model"] >= 0
     assert sum(parts.values()) == pytest.approx(sum(timings["ran_by_phase_kind"].values()), abs=0.5)
 
     run_study(spec, study_dir)  # everything cached: nothing is trained again
