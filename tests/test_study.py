@@ -209,6 +209,9 @@ def test_two_drivers_on_one_directory_compute_every_node_once(tiny_model_dir, sh
     assert both.count("target mnli after baseline seed 3: step 6 dev") == 1
     assert both.count("target mnli after snli seed 3: step 6 dev") == 1
     assert both.count("eval xnli/dev en:") == 2
+    # fresh processes: reading and tokenizing the data is part of what the nodes' timings record
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["timings_seconds"]["ran_by_part"][
+        "read_and_tokenize"] > 0
     clean = tmp_path / "clean"
     run_study(StudySpec(**tiny_study(tiny_model_dir, shared_data_dir, [SNLI])), clean)
     results = pd.read_csv(tmp_path / "out" / "results.csv")
