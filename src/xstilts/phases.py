@@ -294,10 +294,11 @@ def eval_node(ctx: Context, out_dir: Path, *, trained: Path | None, head: str | 
         print(f"eval {data.task}/{data.split} {language}: {languages[language]['accuracy']:.4f} (n={len(features)})",
               file=sys.stderr)
     average = float(np.mean([value["accuracy"] for value in languages.values()]))
+    timings = clock.result()
     return _finish(out_dir, {
         "kind": "eval", "task": data.task, "split": data.split, "head": head, "languages": languages,
-        "average": average, "data": provenance, **clock.result(),
-        "pairs_per_second": round(sum(v["n"] for v in languages.values()) / clock.result()["seconds"], 1),
+        "average": average, "data": provenance, **timings,
+        "pairs_per_second": round(sum(v["n"] for v in languages.values()) / timings["seconds"], 1),
     })
 
 
