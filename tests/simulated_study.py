@@ -45,7 +45,7 @@ def simulate(design: Design, rng: np.random.Generator) -> Results:
     else:
         base = rng.uniform(0.2, 0.8, (n_languages, design.items))
     seed_effect = rng.normal(0, design.seed_std, design.seeds)
-    rows, correct = [], []
+    rows, item_scores = [], []
     for arm, group, effect in arms:
         item_effect = 0.0 if group == "baseline" else rng.normal(0, design.item_effect_std, design.items)
         if not design.parallel and group != "baseline":
@@ -56,9 +56,9 @@ def simulate(design: Design, rng: np.random.Generator) -> Results:
             for language, values in zip(design.languages, draws):
                 rows.append({"arm": arm, "group": group, "arm_languages": "", "size_matched": True,
                              "intermediate_examples": 1000, "seed": seed + 1, "task": "xnli", "split": "test",
-                             "language": language, "accuracy": values.mean(), "n": design.items,
+                             "language": language, "metric": "accuracy", "score": values.mean(), "n": design.items,
                              "parallel": design.parallel})
-                correct.append(values)
+                item_scores.append(values)
     table = pd.DataFrame(rows)
-    table["correct"] = pd.Series(correct, dtype=object)
+    table["item_scores"] = pd.Series(item_scores, dtype=object)
     return Results(Path("simulated"), table)

@@ -44,8 +44,12 @@ def test_shipped_configs_load(path):
     assert isinstance(config, RunConfig)
     assert config.name == path.stem
     assert config.model == "embedded"
-    assert config.target.task.task == "mnli"
-    assert [e.task for e in config.evaluate] == ["xnli"] and config.evaluate[0].split == "test"
+    if config.name == "tydiqa-en":  # extractive QA: TyDiQA English -> XQuAD and TyDiQA dev
+        assert config.target.task.task == "tydiqa" and config.target.task.languages == ["en"]
+        assert [(e.task, e.split) for e in config.evaluate] == [("xquad", "test"), ("tydiqa", "dev")]
+    else:
+        assert config.target.task.task == "mnli"
+        assert [e.task for e in config.evaluate] == ["xnli"] and config.evaluate[0].split == "test"
     if config.intermediate is not None:
         assert config.target.carry == "encoder"
     # every task named in a shipped config exists

@@ -10,7 +10,7 @@ import yaml
 
 from xstilts.cli import main
 from xstilts.config import load_config, parse_config
-from xstilts.pipeline import run
+from xstilts.pipeline import evaluation_summary, format_table, run
 from xstilts.study import run_study
 from xstilts.study_spec import StudySpec
 
@@ -34,9 +34,13 @@ def test_a_finished_run_gains_an_evaluation_without_training(tmp_path, tiny_mode
     after = _done_marks(output)
     assert {key: after[key] for key in before} == before  # no phase was trained or scored again
     assert set(after) - set(before) == {"eval-americasnli-dev/DONE"}
-    assert "training" not in capsys.readouterr().err.lower()
+    printed = capsys.readouterr()
+    assert "training" not in printed.err.lower()
     metrics = json.loads((output / "metrics.json").read_text())["evaluation"]
-    assert metrics["americasnli"]["dev"]["n"] == {"aym": 12} and "xnli" in metrics
+    added = metrics["americasnli"]["dev"]
+    assert added["n"] == {"aym": 12} and "xnli" in metrics
+    assert added["metric"] == "accuracy" and added["scores"] == {"aym": {"accuracy": added["aym"]}}
+    assert f"| accuracy | {100 * added['aym']:.1f} | {100 * added['average']:.1f} |" in printed.out
     # the run directory's config now lists the evaluation, so running it again reuses everything
     assert [e.task for e in load_config(output / "config.yaml").evaluate] == ["xnli", "americasnli"]
     run(load_config(output / "config.yaml"), output)
@@ -72,3 +76,19 @@ def test_a_study_gains_an_evaluation_for_every_arm_and_seed(tmp_path, tiny_model
     assert "americasnli" in yaml.safe_dump(json.loads((study_dir / "study.json").read_text()))
     assert main(["report", str(study_dir)]) == 0
     assert "americasnli dev" in (study_dir / "report" / "report.md").read_text()
+
+
+def test_the_printed_table_names_every_metric_primary_first():
+    """An evaluation scored by F1 and exact match (span QA): metrics.json keeps the primary metric per language
+    and every metric under `scores`; the table has a row per metric, named."""
+    languages = {"de": {"metric": "f1", "score": 0.5, "scores": {"f1": 0.5, "exact_match": 0.25}, "n": 4},
+                 "el": {"metric": "f1", "score": 0.7, "scores": {"f1": 0.7, "exact_match": 0.5}, "n": 4}}
+    result = {"kind": "eval", "task": "xquad", "split": "test", "head": "squad", "metric": "f1",
+              "languages": languages, "average": 0.6}
+    summary = evaluation_summary(result)
+    assert summary == {"split": "test", "metric": "f1", "average": 0.6, "de": 0.5, "el": 0.7,
+                       "scores": {"de": {"f1": 0.5, "exact_match": 0.25}, "el": {"f1": 0.7, "exact_match": 0.5}},
+                       "n": {"de": 4, "el": 4}}
+    assert format_table({"xquad": {"test": summary}}).splitlines() == [
+        "| xquad (test) | de | el | avg |", "|---|---|---|---|", "| f1 | 50.0 | 70.0 | 60.0 |",
+        "| exact_match | 25.0 | 50.0 | 37.5 |"]

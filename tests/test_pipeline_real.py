@@ -94,6 +94,8 @@ def test_metrics_are_consistent(real_run):
         accuracies = [result[lang] for lang in languages]
         assert all(0.0 <= a <= 1.0 for a in accuracies)
         assert result["average"] == pytest.approx(float(np.mean(accuracies)), abs=1e-12)
+        assert result["metric"] == "accuracy" and result["scores"] == {lang: {"accuracy": result[lang]}
+                                                                       for lang in languages}
 
 
 def test_prediction_files_match_metrics_and_gold_labels(real_run, shared_data_dir):
@@ -152,6 +154,6 @@ def test_finished_run_is_skipped(real_run, capsys):
     err = capsys.readouterr().err
     # no training progress, no evaluation: only the final table
     assert not [line for line in err.splitlines() if line.startswith(("intermediate", "target", "eval "))], err
-    assert "| xnli (dev) | en | sw | avg |" in err
+    assert "| xnli (dev) | en | sw | avg |" in err and "| accuracy | " in err
     assert json.loads((output / "metrics.json").read_text())["evaluation"] == json.loads(before)["evaluation"]
     assert {p: (output / p / "DONE").stat().st_mtime_ns for p in stamps} == stamps

@@ -17,13 +17,15 @@ from xstilts.errors import XstiltsError
 from xstilts.report import write_report
 from xstilts.report.analysis import analyse
 from xstilts.report.findings import findings
+from xstilts.report.plots import DRAW
 from xstilts.report.results import load_results
+from xstilts.task_types import item_column
 
 XNLI = ["en", "fr", "es", "de", "el", "bg", "ru", "tr", "ar", "vi", "th", "zh", "hi", "sw", "ur"]
 SEEDS = [1, 2, 3]
 EXAMPLES = 100
-BASE_ACCURACY = 0.55
-# name, group, languages, size-matched, intermediate examples, planted gain in accuracy
+BASE_SCORE = 0.55
+# name, group, languages, size-matched, intermediate examples, planted gain in the score
 ARMS = [
     ("baseline", "baseline", "", False, 0, 0.0),
     ("snli", "english", "en", False, 550_152, 0.08),
@@ -35,25 +37,37 @@ OUTPUTS = ["report.md", "report.html", "summary.csv", "table.tex", "heatmap-xnli
            "size-xnli-test.png"]
 
 
-def make_study(root: Path, arms: list[tuple] = ARMS, seeds: list[int] = SEEDS) -> Path:
-    """A study directory: results.csv/.jsonl, one predictions CSV per row, study.json and manifest.json."""
+def _predictions(rng: np.random.Generator, metric: str, level: float, labels: np.ndarray) -> pd.DataFrame:
+    """One run's per-example outcomes (by index) whose metric has expectation `level`: accuracy as a 0/1
+    `correct` with label and prediction; span QA's f1 as a graded value in [0, 1] (U ** (1 / level - 1) has
+    mean `level`), with exact_match where the span is exact."""
+    if metric == "accuracy":
+        correct = (rng.random(EXAMPLES) < level).astype(int)
+        return pd.DataFrame({"index": np.arange(EXAMPLES), "label": labels,
+                             "prediction": np.where(correct == 1, labels, (labels + 1) % 3), "correct": correct})
+    f1 = np.round(rng.random(EXAMPLES) ** (1 / level - 1), 4)
+    return pd.DataFrame({"index": np.arange(EXAMPLES), "prediction": [f"span {i}" for i in range(EXAMPLES)],
+                         "f1": f1, "exact_match": (f1 == 1).astype(int)})
+
+
+def make_study(root: Path, arms: list[tuple] = ARMS, seeds: list[int] = SEEDS, metric: str = "accuracy") -> Path:
+    """A study directory: results.csv/.jsonl, one predictions CSV per row, study.json and manifest.json; its
+    evaluation is scored by `metric` ('accuracy', or 'f1' as span QA scores it)."""
     rng = np.random.default_rng(7)
     labels = {language: rng.integers(0, 3, EXAMPLES) for language in XNLI}
     order = {language: rng.permutation(EXAMPLES) for language in XNLI}  # predictions files are not sorted by index
+    column = item_column(metric)
     rows = []
     for arm, group, languages, matched, examples, gain in arms:
         for seed in seeds:
             for language in XNLI:
-                correct = (rng.random(EXAMPLES) < BASE_ACCURACY + gain).astype(int)
-                index = order[language]
-                prediction = np.where(correct[index] == 1, labels[language][index], (labels[language][index] + 1) % 3)
+                outcomes = _predictions(rng, metric, BASE_SCORE + gain, labels[language])
                 path = Path("nodes") / f"eval-{arm}-{seed}" / "predictions" / f"{language}.csv"
                 (root / path).parent.mkdir(parents=True, exist_ok=True)
-                pd.DataFrame({"index": index, "label": labels[language][index], "prediction": prediction,
-                              "correct": correct[index]}).to_csv(root / path, index=False)
+                outcomes.iloc[order[language]].to_csv(root / path, index=False)
                 rows.append({"arm": arm, "group": group, "arm_languages": languages, "size_matched": matched,
                              "intermediate_examples": examples, "seed": seed, "task": "xnli", "split": "test",
-                             "language": language, "accuracy": correct.mean(), "n": EXAMPLES,
+                             "language": language, "metric": metric, "score": outcomes[column].mean(), "n": EXAMPLES,
                              "eval_node": f"eval-{arm}-{seed}", "target_node": f"target-{arm}-{seed}",
                              "intermediate_node": "" if arm == "baseline" else f"inter-{arm}-{seed}",
                              "predictions": str(path)})
@@ -97,10 +111,10 @@ def test_writes_every_output(report: Path) -> None:
             assert height > 300 and width > 600 and channels in (3, 4)
 
 
-def _recomputed(study: Path) -> pd.DataFrame:
-    """Mean over seeds of mean(correct), per arm and language, straight from the predictions files."""
+def _recomputed(study: Path, column: str = "correct") -> pd.DataFrame:
+    """Mean over seeds of the mean of `column`, per arm and language, straight from the predictions files."""
     results = pd.read_csv(study / "results.csv")
-    results["from_predictions"] = [pd.read_csv(study / path)["correct"].mean() for path in results["predictions"]]
+    results["from_predictions"] = [pd.read_csv(study / path)[column].mean() for path in results["predictions"]]
     per_seed = results.pivot_table(index=["arm", "seed"], columns="language", values="from_predictions")
     per_seed["avg"] = per_seed[XNLI].mean(axis=1)
     return per_seed.groupby("arm").mean()
@@ -116,7 +130,7 @@ def test_main_table_matches_the_predictions(report: Path) -> None:
         assert len(cells) == len(XNLI) + 1
         for language, cell in zip([*XNLI, "avg"], cells):
             value = expected.loc[arm, language]
-            assert summary.loc[(arm, language), "accuracy"] == pytest.approx(value)
+            assert summary.loc[(arm, language), "score"] == pytest.approx(value)
             assert cell.split("±")[0] == f"{100 * value:.1f}", (arm, language, cell)
             if arm != "baseline":
                 change = value - expected.loc["baseline", language]
@@ -150,12 +164,62 @@ def test_caveats_warn_about_few_seeds_and_translated_data(tmp_path: Path) -> Non
     assert "indonli-mt trains on machine-translated data" in caveats_text
 
 
+def test_a_graded_metric_is_named_and_its_item_values_analysed(tmp_path: Path) -> None:
+    """A study scored by F1 (span QA: a graded value in [0, 1] per example, in the predictions' `f1` column):
+    the report names F1 wherever it shows numbers, never accuracy, and its numbers are the graded values'."""
+    study = make_study(tmp_path, metric="f1")
+    pd.DataFrame({"task": "xquad", "split": "test", "language": ["en", "de"], "metric": "f1", "score": [0.5, 0.3],
+                  "n": 10, "eval_node": "eval-base"}).to_csv(study / "base_model.csv", index=False)
+    report = write_report(study).parent
+    values = pd.read_csv(study / pd.read_csv(study / "results.csv")["predictions"][0])["f1"]
+    assert values.between(0, 1).all() and not values.isin([0, 1]).all()  # graded, not 0/1
+    markdown = (report / "report.md").read_text()
+    for name in ("report.md", "report.html", "table.tex"):
+        assert "accuracy" not in (report / name).read_text().lower(), name
+    for phrase in ("xnli test: F1 (%), mean ± std", "change in average F1 [95% CI]", "changed average F1 by",
+                   "Mean change in F1 (points)", "arms change F1 by", "F1 on xnli test", "| F1 | 50.0 | 30.0 | 40.0 |",
+                   "English intermediate tasks helped more"):
+        assert phrase in markdown, phrase
+    expected = _recomputed(study, "f1")
+    summary = pd.read_csv(report / "summary.csv").set_index(["arm", "language"])
+    assert (summary["metric"] == "f1").all()
+    for arm, _, _, _, _, _ in ARMS:
+        for language in [*XNLI, "avg"]:
+            assert summary.loc[(arm, language), "score"] == pytest.approx(expected.loc[arm, language])
+            if arm != "baseline":
+                change = expected.loc[arm, language] - expected.loc["baseline", language]
+                assert summary.loc[(arm, language), "delta"] == pytest.approx(change)
+    numbers = json.loads((report / "report.json").read_text())
+    assert numbers["primary"]["metric"] == "f1" and {arm["metric"] for arm in numbers["arms"]} == {"f1"}
+    assert numbers["base_model"] == {"xquad/test": {"metric": "f1", "en": 0.5, "de": 0.3, "average": 0.4}}
+    analysis = analyse(load_results(study))
+    for kind, draw in DRAW.items():
+        labels = " ".join(text for axes in draw(analysis, ("xnli", "test")).axes
+                          for text in (axes.get_title(), axes.get_xlabel(), axes.get_ylabel()))
+        assert "F1" in labels and "accuracy" not in labels, (kind, labels)
+
+
+def test_bad_graded_item_values_are_named(tmp_path: Path) -> None:
+    study = make_study(tmp_path, ARMS[:2], seeds=[1], metric="f1")
+    predictions = study / pd.read_csv(study / "results.csv")["predictions"][0]
+    frame = pd.read_csv(predictions)
+    frame.loc[3, "f1"] = 1.5
+    frame.to_csv(predictions, index=False)
+    with pytest.raises(XstiltsError, match=r"en.csv:5: column 'f1': '1.5' is not a number between 0 and 1"):
+        load_results(study)
+    frame.drop(columns="f1").to_csv(predictions, index=False)
+    with pytest.raises(XstiltsError, match=r"en.csv: missing column 'f1' \(results.csv line 2, metric 'f1'\)"):
+        load_results(study)
+
+
 @pytest.mark.parametrize(("column", "value", "message"), [
-    ("accuracy", "1.5", "results.csv:2: column 'accuracy': '1.5' is not between 0 and 1"),
+    ("score", "1.5", "results.csv:2: column 'score': '1.5' is not between 0 and 1"),
     ("group", "other", "results.csv:2: column 'group': 'other' is not one of"),
     ("seed", "x", "results.csv:2: column 'seed': 'x' is not an integer"),
     ("predictions", "missing.csv", "missing.csv: predictions file not found (results.csv line 2)"),
-    ("accuracy", "0.0", "results.csv:2: column 'accuracy' is 0.0000 but the mean of 'correct'"),
+    ("score", "0.0", "results.csv:2: column 'score' is 0.0000 but the mean of 'correct'"),
+    ("metric", "f1", "results.csv:3: column 'metric': xnli/test is scored by 'accuracy' here but by 'f1' in an "
+                     "earlier row"),
 ])
 def test_bad_rows_are_named(tmp_path: Path, column: str, value: str, message: str) -> None:
     study = make_study(tmp_path, ARMS[:2], seeds=[1])
@@ -171,7 +235,7 @@ def test_jsonl_gives_the_same_rows_as_csv(tmp_path: Path) -> None:
     from_csv = load_results(study).rows
     (study / "results.csv").unlink()
     from_jsonl = load_results(study).rows
-    columns = [column for column in from_csv.columns if column not in ("correct", "line")]
+    columns = [column for column in from_csv.columns if column not in ("item_scores", "line")]
     pd.testing.assert_frame_equal(from_csv[columns], from_jsonl[columns], check_dtype=False)
 
 

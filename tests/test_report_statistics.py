@@ -46,6 +46,20 @@ def test_item_variance_when_every_seed_agrees() -> None:
     assert estimate.p_value == pytest.approx(2 * stats.t.sf(0.3 / estimate.se, 3))  # t = 6.5 on 3 df: p = 0.007
 
 
+def test_graded_item_values_are_used_as_they_are() -> None:
+    """Per-item values in [0, 1] that are not 0/1 (a span QA F1): the arm raises each item by its own amount,
+    alike with every seed. The item variance is that of the graded effects over the items, far below the 0/1
+    (binomial) variance an effect of 0.3 would have: nothing assumes 0/1 values."""
+    rng = np.random.default_rng(4)
+    baseline = np.tile(rng.uniform(0, 0.5, 200), (4, 1))
+    effects = rng.uniform(0.25, 0.35, 200)
+    estimate = contrast([np.stack([baseline, baseline + effects])], ARM_MINUS_BASELINE, parallel=False)
+    assert estimate.value == pytest.approx(effects.mean())
+    assert estimate.train_variance == pytest.approx(0)
+    assert estimate.item_variance == pytest.approx(effects.var(ddof=1) / 200)
+    assert estimate.item_variance < 0.01 * 0.3 * 0.7 / 200
+
+
 def test_seed_noise_is_not_counted_as_item_variance() -> None:
     """Each seed fixes its own random 30% of items: the item effects are pure seed noise, so the item part
     (after the moment correction) is about zero while the seed part carries the variance."""

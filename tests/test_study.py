@@ -38,6 +38,10 @@ def test_rerun_is_cached_and_new_arm_runs_only_new_nodes(tiny_model_dir, shared_
     assert len(first) == len(build_graph(spec).nodes) == 5  # baseline target+eval, snli inter+target+eval
     results = pd.read_csv(study_dir / "results.csv")
     assert sorted(results.arm.unique()) == ["baseline", "snli"] and len(results) == 4
+    assert (results.metric == "accuracy").all() and "accuracy" not in results.columns
+    lines = [json.loads(line) for line in (study_dir / "results.jsonl").read_text().splitlines()]
+    assert [list(line["scores"]) for line in lines] == [["accuracy"]] * 4
+    assert [line["scores"]["accuracy"] for line in lines] == pytest.approx(results.score.tolist())
     capsys.readouterr()
 
     timings = json.loads((study_dir / "manifest.json").read_text())["timings_seconds"]
@@ -75,7 +79,8 @@ def test_rerun_is_cached_and_new_arm_runs_only_new_nodes(tiny_model_dir, shared_
     for _, row in results.iterrows():
         correct = pd.read_csv(study_dir / row.predictions)["correct"]
         cell = summary[(summary.arm == row.arm) & (summary.language == row.language)]
-        assert len(cell) == 1 and cell.accuracy.item() == pytest.approx(correct.mean(), abs=1e-12)
+        assert len(cell) == 1 and cell.score.item() == pytest.approx(correct.mean(), abs=1e-12)
+        assert row.score == pytest.approx(correct.mean(), abs=1e-12) and cell.metric.item() == "accuracy"
     assert (study_dir / "report" / "report.html").stat().st_size > 10_000
     assert results.parallel.all()  # xnli declares that its languages share items
     report = json.loads((study_dir / "report" / "report.json").read_text())

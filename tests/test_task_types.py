@@ -65,8 +65,8 @@ def test_a_multiple_choice_task_joins_by_one_yaml_and_is_learned(tmp_path, tiny_
     assert read_heads(tmp_path / "run" / "target") == {"pick": HeadSpec("multiple_choice")}
     # the dev loss over the candidates: about ln 3 with a fresh head, far below once trained
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    dev = MULTIPLE_CHOICE.featurize(read_split(load_registry([tasks]).get("pick"), "dev", "en", data).examples,
-                                    tokenizer, 64)
+    spec = load_registry([tasks]).get("pick")
+    dev = MULTIPLE_CHOICE.featurize(read_split(spec, "dev", "en", data).examples, tokenizer, 64, spec, "en")
     assert dev.choices == 3 and len(dev.input_ids) == 3 * len(dev)
     torch.manual_seed(0)
     untrained = MultiHeadModel(load_encoder(str(tiny_model_dir)), {"pick": HeadSpec("multiple_choice")})
@@ -134,7 +134,7 @@ def test_a_study_with_multiple_choice_arms_and_tatoeba_runs_to_its_report(tiny_m
     assert len(results[results["task"] == "tatoeba"]) == 5 * 2 * 2  # arms incl. baseline x seeds x languages
     base = pd.read_csv(tmp_path / "base_model.csv")
     assert base[["task", "language", "n"]].values.tolist() == [["tatoeba", "swh", 50], ["tatoeba", "deu", 50]]
-    assert ((base["accuracy"] >= 0) & (base["accuracy"] <= 1)).all()
+    assert (base["metric"] == "accuracy").all() and ((base["score"] >= 0) & (base["score"] <= 1)).all()
     heads = read_heads(next(p.parent for p in (tmp_path / "nodes").glob("intermediate-*/heads.json")
                             if "hellaswag" in p.read_text() or "cosmosqa" in p.read_text()))
     assert {spec.type for spec in heads.values()} == {"multiple_choice"}
@@ -142,7 +142,7 @@ def test_a_study_with_multiple_choice_arms_and_tatoeba_runs_to_its_report(tiny_m
     for heading in ("## Results: xnli dev", "## Results: tatoeba test", "## Base model (no training)"):
         assert heading in report
     assert json.loads((tmp_path / "report" / "report.json").read_text())["base_model"]["tatoeba/test"]["swh"] == \
-        base["accuracy"][0]
+        base["score"][0]
 
 
 def _retrieval_task(root: Path, english: list[str], sentences: list[str]) -> tuple[Path, Path]:
@@ -168,7 +168,8 @@ def test_retrieval_finds_planted_translations(tmp_path, tiny_model_dir, shift, e
     assert main(["evaluate", str(tiny_model_dir), "--task", "pairs", "--output", str(tmp_path / "out"),
                  "--data-dir", str(data)]) == 0
     result = json.loads((tmp_path / "out" / "result.json").read_text())
-    assert result["languages"]["xx"] == {"accuracy": expected, "n": 40}
+    assert result["languages"]["xx"] == {"metric": "accuracy", "score": expected, "scores": {"accuracy": expected},
+                                         "n": 40}
     predictions = pd.read_csv(tmp_path / "out" / "predictions" / "xx.csv")
     assert (predictions["prediction"] == (predictions["label"] - shift) % 40).all()
 

@@ -52,8 +52,18 @@ EXPECTED_ROWS = {
     ("pawsx-dev", "dev"): {lang: 2000 for lang in ["en", "de", "es", "fr", "ja", "ko", "zh"]},
     ("tatoeba", "test"): {lang: {"jav": 205, "kat": 746, "kaz": 575, "mal": 687, "swh": 390, "tam": 307, "tel": 234,
                                  "tha": 548}.get(lang, 1000) for lang in TATOEBA_LANGUAGES},
+    ("tydiqa", "train"): {"en": 3696, "ko": 1625, "sw": 2755},  # train exists in these three only
+    ("tydiqa", "dev"): {"en": 440, "ar": 921, "bn": 113, "fi": 782, "id": 565, "ko": 276, "ru": 812, "sw": 499,
+                        "te": 669},
+    ("xquad", "test"): {lang: 1190 for lang in ["en", "de", "es", "tr", "vi", "zh"]},
+    # unlabelled text: rows as read (featurizing keeps each distinct text once)
+    ("text-xnli", "train"): {lang: 2490 for lang in XNLI_LANGUAGES},
+    ("text-indonli", "train"): {"id": 10330},
+    ("text-tydiqa", "train"): {"en": 3696, "ko": 1625, "sw": 2755},
+    ("text-tydiqa-dev", "train"): {"ar": 921, "bn": 113, "en": 440, "fi": 782, "id": 565, "ko": 276, "ru": 812,
+                                   "sw": 499, "te": 669},
 }
-HUB_ONLY = {"anli", "commonsense_qa", "social_i_qa"}
+HUB_ONLY = {"anli", "commonsense_qa", "social_i_qa", "squad", "mlqa", "xquad-hub"}
 AMERICAS_RANGES = {"dev": (222, 743), "test": (738, 750)}
 SKIPPED = {("indonli-mt", "dev"): 40}
 
@@ -69,10 +79,11 @@ def _local_splits() -> list[tuple[str, str]]:
 def test_builtin_registry_loads_every_yaml():
     registry = load_registry()
     files = sorted(BUILTIN_DIR.glob("*.yaml"))
-    assert len(files) == len(registry.tasks) == 19
+    assert len(files) == len(registry.tasks) == 29
     assert set(registry.tasks) == {
         "americasnli", "indonli", "indonli-mt", "klue-nli", "mnli", "qnli", "qqp", "rte", "snli", "sst2", "xnli",
-        "hellaswag", "cosmosqa", "tatoeba", "pawsx", "pawsx-dev", *HUB_ONLY}
+        "hellaswag", "cosmosqa", "tatoeba", "pawsx", "pawsx-dev", "tydiqa", "xquad", "text-xnli", "text-indonli",
+        "text-americasnli", "text-tydiqa", "text-tydiqa-dev", *HUB_ONLY}
     for name, spec in registry.tasks.items():
         assert spec.name == name
         # every built-in task but the Hub-only ones has local files in the shared data
@@ -86,7 +97,7 @@ def test_builtin_registry_loads_every_yaml():
 
 
 def test_every_local_split_is_covered_by_the_expectations():
-    covered = set(EXPECTED_ROWS) | {("americasnli", split) for split in AMERICAS_RANGES}
+    covered = set(EXPECTED_ROWS) | {("americasnli", split) for split in AMERICAS_RANGES} | {("text-americasnli", "train")}
     assert set(_local_splits()) == covered
 
 
@@ -94,7 +105,7 @@ def test_every_local_split_is_covered_by_the_expectations():
 def test_builtin_split_reads_real_data(shared_data_dir, task, split):
     spec = load_registry().get(task)
     counts = {}
-    for language in spec.languages:
+    for language in EXPECTED_ROWS.get((task, split), spec.languages):
         data = read_split(spec, split, language, shared_data_dir)
         assert (data.task, data.split, data.language) == (task, split, language)
         assert data.labels == spec.labels
@@ -105,16 +116,21 @@ def test_builtin_split_reads_real_data(shared_data_dir, task, split):
         if spec.type == "retrieval":
             assert labels == {-1}  # the target is the row itself
             assert all(example.text_a and example.text_b for example in data.examples)
+        elif spec.type == "span_qa":  # gold answers at their offsets in the context
+            assert labels == {-1} and all(e.answers and e.key for e in data.examples)
+            assert all(e.text_b[start:start + len(text)] == text for e in data.examples for text, start in e.answers)
+        elif spec.type == "masked_lm":
+            assert labels == {-1} and all(e.text_b is None for e in data.examples)
         else:
             assert labels <= set(range(spec.choices or len(spec.labels)))
             assert len(labels) >= 2, "a real split has more than one label"
         for example in data.examples[:50]:
             assert isinstance(example.text_a, str) and example.text_a
-            assert (example.text_b is None) == (task == "sst2" or spec.type == "multiple_choice")
+            assert (example.text_b is None) == (task == "sst2" or spec.type in ("multiple_choice", "masked_lm"))
             assert len(example.choices) == (spec.choices or 0)
         counts[language] = len(data.examples)
-    if task == "americasnli":
-        low, high = AMERICAS_RANGES[split]
+    if task in ("americasnli", "text-americasnli"):
+        low, high = AMERICAS_RANGES["dev" if task == "text-americasnli" else split]  # its dev premises
         assert all(low <= n <= high for n in counts.values()), counts
         assert min(counts.values()) == low and max(counts.values()) == high, counts
     else:

@@ -95,8 +95,8 @@ def _keyword_task(root: Path) -> tuple[Path, Path]:
     return tasks, data
 
 
-def _dev_loss(model: MultiHeadModel, tokenizer, examples) -> float:
-    features = CLASSIFICATION.featurize(examples, tokenizer, 64)
+def _dev_loss(model: MultiHeadModel, tokenizer, spec, examples) -> float:
+    features = CLASSIFICATION.featurize(examples, tokenizer, 64, spec, "en")
     batch = collate(features, np.arange(len(features)), tokenizer.pad_token_id)
     labels = batch.pop("labels")
     model.eval()
@@ -122,8 +122,8 @@ def test_learns_a_keyword_task_from_a_user_task_folder(tmp_path, tiny_model_dir)
     dev = read_split(spec, "dev", "en", data).examples
     torch.manual_seed(0)
     untrained = MultiHeadModel(load_encoder(str(tiny_model_dir)), {"keyword": HeadSpec("classification", tuple(spec.labels))})
-    before = _dev_loss(untrained, tokenizer, dev)
-    after = _dev_loss(load_trained(str(tiny_model_dir), tmp_path / "run" / "target"), tokenizer, dev)
+    before = _dev_loss(untrained, tokenizer, spec, dev)
+    after = _dev_loss(load_trained(str(tiny_model_dir), tmp_path / "run" / "target"), tokenizer, spec, dev)
     assert before > 0.6 and after < 0.5 * before, (before, after)
 
 

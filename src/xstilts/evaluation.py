@@ -24,16 +24,19 @@ def predict(
     model: MultiHeadModel, head: str, features: Features, pad_id: int, precision: str, device: torch.device,
     max_tokens: int = 4096,
 ) -> np.ndarray:
-    """The head's task type's prediction per example (in the input order); fp32 weights run under autocast
+    """The head's task type's prediction per feature row (in the input order); fp32 weights run under autocast
     to `precision`, bf16 weights (see `inference_weights`) as they are."""
     kind = task_type(model.specs[head].type)
     model.eval()
-    predictions = np.empty(len(features), dtype=np.int64)
+    predictions = None
     half = next(model.parameters()).dtype == torch.bfloat16
     with torch.inference_mode(), (contextlib.nullcontext() if half else autocast(precision, device)):
         for indices in token_budget_batches(features.lengths, max(1, max_tokens // features.choices)):
             batch = collate(features, indices, pad_id)
             batch.pop("labels")
             logits = model(head, choices=features.choices, **{key: value.to(device) for key, value in batch.items()})
-            predictions[indices] = kind.predict(logits).cpu().numpy()
+            predicted = kind.predict(logits).cpu().numpy()
+            if predictions is None:
+                predictions = np.empty((len(features), *predicted.shape[1:]), dtype=predicted.dtype)
+            predictions[indices] = predicted
     return predictions

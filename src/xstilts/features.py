@@ -3,24 +3,64 @@ and the batch orders of training and evaluation."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 
 @dataclass
+class SpanWindows:
+    """Span QA: the questions whose windows (feature rows) a `Features` holds, and where each window's tokens
+    lie in its question's context."""
+
+    question: np.ndarray  # per window: the index of its question in `contexts`
+    offsets: list[list[tuple[int, int] | None]]  # per window and token: its characters in the context, or None
+    contexts: list[str]
+    answers: list[tuple[str, ...]]  # per question: the gold answer texts
+    keys: list[str]  # per question: its id in the data file
+    max_answer_length: int  # in tokens, for predictions
+    normalization: str  # how answers are compared (see `xstilts.qa_metrics`)
+    language: str
+
+    def subset(self, indices: np.ndarray) -> SpanWindows:
+        return replace(self, question=self.question[indices], offsets=[self.offsets[i] for i in indices])
+
+    @classmethod
+    def concatenate(cls, parts: list[SpanWindows]) -> SpanWindows:
+        shifts = np.cumsum([0] + [len(p.contexts) for p in parts[:-1]])
+        return replace(parts[0], question=np.concatenate([p.question + shift for p, shift in zip(parts, shifts)]),
+                       offsets=[o for p in parts for o in p.offsets], contexts=[c for p in parts for c in p.contexts],
+                       answers=[a for p in parts for a in p.answers], keys=[k for p in parts for k in p.keys])
+
+
+@dataclass
 class Features:
     """Unpadded token ids of a list of examples, `choices` sequences per example (one for classification,
-    one per candidate for multiple choice), stored example after example, and one target per example."""
+    one per candidate for multiple choice), stored example after example, and one target per example. For
+    span QA an example is a window of a question's context (`spans` says which), its target (start, end)."""
 
     input_ids: list[list[int]]
     token_type_ids: list[list[int]] | None
     labels: np.ndarray
     choices: int = 1
+    spans: SpanWindows | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def units(self) -> np.ndarray:
+        """Per example, the unit a subsample keeps or drops whole: the example itself, or a window's question."""
+        return self.spans.question if self.spans is not None else np.arange(len(self))
+
+    def sample(self, count: int, rng: np.random.Generator) -> Features:
+        """`count` units (see `units`) drawn without replacement, in their original order."""
+        units = np.unique(self.units)
+        if count >= len(units):
+            return self
+        chosen = np.sort(rng.choice(units, count, replace=False))
+        return self.subset(np.flatnonzero(np.isin(self.units, chosen)))
 
     @property
     def lengths(self) -> np.ndarray:
@@ -36,14 +76,16 @@ class Features:
         """The features of the given examples."""
         rows = self.sequences(indices)
         types = None if self.token_type_ids is None else [self.token_type_ids[i] for i in rows]
-        return Features([self.input_ids[i] for i in rows], types, self.labels[indices], self.choices)
+        spans = None if self.spans is None else self.spans.subset(np.asarray(indices))
+        return Features([self.input_ids[i] for i in rows], types, self.labels[indices], self.choices, spans)
 
     @classmethod
     def concatenate(cls, parts: list[Features]) -> Features:
         """The examples of several feature sets (of one task), in order."""
         types = None if any(p.token_type_ids is None for p in parts) else [t for p in parts for t in p.token_type_ids]
+        spans = None if parts[0].spans is None else SpanWindows.concatenate([p.spans for p in parts])
         return cls([ids for p in parts for ids in p.input_ids], types, np.concatenate([p.labels for p in parts]),
-                   parts[0].choices)
+                   parts[0].choices, spans)
 
 
 def collate(features: Features, indices: np.ndarray, pad_id: int, multiple: int = 1) -> dict[str, torch.Tensor]:

@@ -16,6 +16,10 @@ from xstilts.study_spec import BASELINE, StudySpec
 from xstilts.tasks.readers import input_fingerprint
 from xstilts.tasks.registry import TaskRegistry, load_registry
 
+# An evaluation node's result.json layout, in its key: results of an older layout (per-language `accuracy`,
+# before `metric`/`score`) are scored again instead of read; trained nodes stay cached.
+EVAL_RESULT_FORMAT = 2
+
 NodeKind = Literal["intermediate", "target", "eval"]
 
 
@@ -100,9 +104,10 @@ def build_graph(spec: StudySpec) -> Graph:
     registry = load_registry([Path(p) for p in spec.task_dirs])
     data_dir = resolve_data_dir(spec.data_dir)
     graph = Graph()
+    scoring = {**common, "result_format": EVAL_RESULT_FORMAT}
     for data in spec.evaluate:
         if registry.get(data.task).type == "retrieval":
-            graph.base.append(graph.add(Node("eval", {**common, "data": data.model_dump(), "head": None,
+            graph.base.append(graph.add(Node("eval", {**scoring, "data": data.model_dump(), "head": None,
                                                       "inputs": _inputs([data], registry, data_dir, training=False)},
                                              (), f"eval {data.task}/{data.split} of the base model")))
     for seed in spec.seeds:
@@ -125,7 +130,7 @@ def build_graph(spec: StudySpec) -> Graph:
             target = graph.add(Node("target", target_config, (parent,) if parent else (),
                                     f"target {spec.target.task.task} after {arm.name if arm else BASELINE} seed {seed}"))
             for index, data in enumerate(spec.evaluate):
-                evaluation = graph.add(Node("eval", {**common, "data": data.model_dump(), "head": spec.target.task.task,
+                evaluation = graph.add(Node("eval", {**scoring, "data": data.model_dump(), "head": spec.target.task.task,
                                                      "inputs": _inputs([data], registry, data_dir, training=False)},
                                             (target,), f"eval {data.task}/{data.split} of {arm.name if arm else BASELINE} seed {seed}"))
                 graph.uses.append(Use(arm.name if arm else BASELINE, seed, index, parent, target, evaluation))

@@ -18,6 +18,7 @@ from xstilts.task_types import task_type
 HEADS_FILE = "heads.json"
 WEIGHTS_FILE = "model.safetensors"
 SETTINGS_FILE = "xstilts_model.json"
+HEAD_INPUTS = ("masked",)  # batch entries that go to the head, not the encoder (masked LM's masked positions)
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,10 @@ class MultiHeadModel(nn.Module):
         self.heads = nn.ModuleDict({name: self._head(spec) for name, spec in heads.items()})
 
     def _head(self, spec: HeadSpec) -> nn.Module:
-        return task_type(spec.type).head(self.encoder.config.hidden_size, list(spec.labels), self.dropout, self.pooling)
+        head = task_type(spec.type).head(self.encoder.config.hidden_size, list(spec.labels), self.dropout, self.pooling)
+        if hasattr(head, "tie"):  # a head that decodes with the word embeddings (masked LM)
+            head.tie(self.encoder)
+        return head
 
     @property
     def labels(self) -> dict[str, list[str]]:
@@ -59,8 +63,9 @@ class MultiHeadModel(nn.Module):
     def forward(self, head: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, choices: int = 1,
                 **extra: torch.Tensor) -> torch.Tensor:
         """Logits of `head` for a padded batch (`choices` sequences per example)."""
+        own = {key: extra.pop(key) for key in HEAD_INPUTS if key in extra}
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
-        return self.heads[head](hidden, attention_mask, choices)
+        return self.heads[head](hidden, attention_mask, choices, **own)
 
     def save(self, directory: Path) -> None:
         """Write weights (safetensors) and the heads' types and label sets."""

@@ -9,7 +9,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -29,7 +29,8 @@ from xstilts.memory import peak_rss_mb, release_free_heap
 from xstilts.model import HeadSpec, MultiHeadModel, load_checkpoint, load_encoder, load_trained, read_heads
 from xstilts.precision import pick_device, resolve_precision
 from xstilts.tasks.readers import SplitData, check_available, read_split, reads_local
-from xstilts.task_types import task_type
+from xstilts.task_types import score_outcomes, task_type
+from xstilts.task_types.masked_lm import Pieces
 from xstilts.tasks.registry import TaskRegistry
 from xstilts.vocab import VocabTrim
 from xstilts.training import BEST_DIR, CHECKPOINT_DIR, TrainTask, train_phase
@@ -84,7 +85,8 @@ class Context:
             started = time.perf_counter()
             spec = self.registry.get(task)
             data = read_split(spec, split, language, self.data_dir, source)
-            self._splits[key] = (data, task_type(spec.type).featurize(data.examples, self.tokenizer, self.max_length))
+            self._splits[key] = (data, task_type(spec.type).featurize(
+                data.examples, self.tokenizer, spec.max_length or self.max_length, spec, language))
             self.tokenize_seconds += time.perf_counter() - started
         return self._splits[key]
 
@@ -93,9 +95,8 @@ class Context:
         spec = self.registry.get(data.task)
         parts = [self.split(data.task, split or data.split, lang, data.source) for lang in data.languages or spec.languages]
         features = Features.concatenate([f for _, f in parts])
-        if data.max_examples and data.max_examples < len(features):
-            chosen = np.sort(np.random.default_rng([seed, 104729]).choice(len(features), data.max_examples, replace=False))
-            features = features.subset(chosen)
+        if data.max_examples:
+            features = features.sample(data.max_examples, np.random.default_rng([seed, 104729]))
         return features, [split_data for split_data, _ in parts]
 
 
@@ -122,8 +123,13 @@ def check_plan(registry: TaskRegistry, data_dir: Path | None, training: list[Tas
             raise XstiltsError(f"task {data.task!r} is a retrieval task: it has no training data; list it under "
                                "`evaluate`")
     head = registry.get(target)
+    if head.type == "masked_lm":
+        raise XstiltsError(f"task {target!r} is unlabelled text (masked_lm): train it in an intermediate phase, "
+                           "not as the target")
     for data in evaluate:
         spec = registry.get(data.task)
+        if spec.type == "masked_lm":
+            raise XstiltsError(f"task {data.task!r} is unlabelled text (masked_lm): it is trained, not evaluated")
         if spec.type != "retrieval" and (spec.type, spec.labels) != (head.type, head.labels):
             raise XstiltsError(f"task {data.task!r} ({spec.type}) has labels {spec.labels}; the {target!r} head it "
                                f"would be scored with ({head.type}) has {head.labels}")
@@ -183,8 +189,8 @@ def _provenance(splits: list[SplitData]) -> list[dict]:
 
 
 def _carried_heads(parent: Path, heads: dict[str, HeadSpec], named: str | None = None) -> dict[str, str]:
-    """For carry 'encoder_and_head': new head -> the parent's head `named`, or else the parent's only head of
-    the same type and label list."""
+    """For carry 'encoder_and_head': new head -> the parent's head `named`, or else the parent's head of the
+    same name, type and label list, or else its only head of the same type and label list."""
     saved = read_heads(parent)
     if named is not None:
         (name, wanted), = heads.items()
@@ -195,7 +201,7 @@ def _carried_heads(parent: Path, heads: dict[str, HeadSpec], named: str | None =
         return {name: named}
     carried = {}
     for name, wanted in heads.items():
-        matches = [old for old, spec in saved.items() if spec == wanted]
+        matches = [name] if saved.get(name) == wanted else [old for old, spec in saved.items() if spec == wanted]
         if len(matches) != 1:
             raise XstiltsError(
                 f"carry 'encoder_and_head': head {name!r} needs exactly one intermediate head with labels "
@@ -221,7 +227,8 @@ def train_node(ctx: Context, out_dir: Path, *, tasks: list[TaskData], train: Tra
             dev_rows = data.model_copy(update={"max_examples": train.dev_max_examples})
             dev, dev_splits = ctx.rows(dev_rows, EVAL_SUBSAMPLE_SEED, split="dev")
             splits += dev_splits
-        train_tasks.append(TrainTask(data.task, task_type(ctx.registry.get(data.task).type), features, dev))
+        train_tasks.append(TrainTask(data.task, task_type(ctx.registry.get(data.task).type), features, dev,
+                                     data.loss_weight))
         provenance += _provenance(splits)
     heads = {data.task: HeadSpec(ctx.registry.get(data.task).type, tuple(ctx.registry.get(data.task).labels))
              for data in tasks}
@@ -239,12 +246,15 @@ def train_node(ctx: Context, out_dir: Path, *, tasks: list[TaskData], train: Tra
     if ctx.trim_vocab:
         everything = [t.train for t in train_tasks] + [t.dev for t in train_tasks if t.dev is not None]
         trim = VocabTrim.from_features(everything, model.encoder.config.vocab_size, ctx.tokenizer.all_special_ids)
-        train_tasks = [TrainTask(t.head, t.kind, trim.remap(t.train), t.dev and trim.remap(t.dev)) for t in train_tasks]
+        train_tasks = [replace(t, train=trim.remap(t.train), dev=t.dev and trim.remap(t.dev)) for t in train_tasks]
         out_dir.mkdir(parents=True, exist_ok=True)
         spill = out_dir / SPILLED_EMBEDDINGS_FILE.replace(".", f".rank{ranks.rank}.", 1) if ranks.world > 1 else \
             out_dir / SPILLED_EMBEDDINGS_FILE
         trim.shrink(model, spill)
         pad_id = int(trim.full_to_trimmed[pad_id])
+    if any(t.kind.name == "masked_lm" for t in train_tasks):
+        pieces = Pieces.of(ctx.tokenizer, trim.full_to_trimmed if trim is not None else None)
+        train_tasks = [replace(t, masking=pieces) if t.kind.name == "masked_lm" else t for t in train_tasks]
     metrics = train_phase(model, train_tasks, train, out_dir, seed=seed, pad_id=pad_id,
                           precision=ctx.precision, device=ctx.device, sampling=sampling, temperature=temperature,
                           description=description)
@@ -286,18 +296,19 @@ def eval_node(ctx: Context, out_dir: Path, *, trained: Path | None, head: str | 
         if threads is not None:
             threads.adapt(force=not languages)
         features, splits = ctx.rows(data.model_copy(update={"languages": [language]}), EVAL_SUBSAMPLE_SEED)
-        predictions = scorer(features)
-        _write_predictions(out_dir / "predictions" / f"{language}.csv", features.labels, predictions,
-                           spec.labels or None)
-        languages[language] = {"accuracy": kind.score(predictions, features.labels), "n": len(features)}
+        outcomes = kind.outcomes(scorer(features), features, spec.labels or None)
+        _write_predictions(out_dir / "predictions" / f"{language}.csv", outcomes)
+        found = score_outcomes(kind, outcomes)
+        languages[language] = {"metric": kind.metrics[0], "score": found[kind.metrics[0]], "scores": found,
+                               "n": len(outcomes)}
         provenance += _provenance(splits)
-        print(f"eval {data.task}/{data.split} {language}: {languages[language]['accuracy']:.4f} (n={len(features)})",
-              file=sys.stderr)
-    average = float(np.mean([value["accuracy"] for value in languages.values()]))
+        print(f"eval {data.task}/{data.split} {language}: " + ", ".join(f"{m} {v:.4f}" for m, v in found.items())
+              + f" (n={len(outcomes)})", file=sys.stderr)
+    average = float(np.mean([value["score"] for value in languages.values()]))
     timings = clock.result()
     return _finish(out_dir, {
-        "kind": "eval", "task": data.task, "split": data.split, "head": head, "languages": languages,
-        "average": average, "data": provenance, **timings,
+        "kind": "eval", "task": data.task, "split": data.split, "head": head, "metric": kind.metrics[0],
+        "languages": languages, "average": average, "data": provenance, **timings,
         "pairs_per_second": round(sum(v["n"] for v in languages.values()) / timings["seconds"], 1),
     })
 
@@ -319,16 +330,13 @@ def _scorer(ctx: Context, spec, trained: Path | None, head: str | None) -> Calla
     return lambda features: predict(model, head, features, ctx.tokenizer.pad_token_id, ctx.precision, ctx.device)
 
 
-def _write_predictions(path: Path, labels: np.ndarray, predictions: np.ndarray, names: list[str] | None) -> None:
-    """Per-example predictions: row index, gold label, predicted label (a label name, or a candidate or row
-    index), correct (0/1)."""
+def _write_predictions(path: Path, outcomes: list[dict]) -> None:
+    """Per-example outcomes (see `TaskType.outcomes`) as CSV."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["index", "label", "prediction", "correct"])
-        for index, (gold, predicted) in enumerate(zip(labels, predictions)):
-            shown = (names[gold], names[predicted]) if names else (int(gold), int(predicted))
-            writer.writerow([index, *shown, int(gold == predicted)])
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, list(outcomes[0]))
+        writer.writeheader()
+        writer.writerows(outcomes)
 
 
 def read_result(directory: Path) -> dict:

@@ -26,7 +26,8 @@ from xstilts.tasks.registry import load_registry
 from xstilts.training import CHECKPOINT_DIR
 
 RESULT_COLUMNS = ["arm", "group", "arm_languages", "size_matched", "intermediate_examples", "seed", "task", "split",
-                  "language", "accuracy", "n", "parallel", "eval_node", "target_node", "intermediate_node", "predictions"]
+                  "language", "metric", "score", "n", "parallel", "eval_node", "target_node", "intermediate_node",
+                  "predictions"]
 _CONTEXTS: dict[str, Context] = {}
 
 
@@ -198,8 +199,9 @@ def _data_files(graph: Graph, study_dir: Path) -> dict[str, str]:
 
 
 def write_results(spec: StudySpec, graph: Graph, study_dir: Path) -> Path:
-    """results.csv and results.jsonl: one row per arm x seed x evaluation task x language; base_model.csv: the
-    base model's scores on the retrieval evaluations, one row per task x language."""
+    """results.csv and results.jsonl: one row per arm x seed x evaluation task x language, with the primary
+    metric's name and score (results.jsonl also every metric, `scores`); base_model.csv: the base model's
+    scores on the retrieval evaluations, one row per task x language."""
     arms = {arm.name: arm for arm in spec.arms}
     registry = load_registry([Path(p) for p in spec.task_dirs])
     rows = []
@@ -213,16 +215,17 @@ def write_results(spec: StudySpec, graph: Graph, study_dir: Path) -> Path:
                 "arm": use.arm, "group": arm.group if arm else BASELINE, "arm_languages": ";".join(languages),
                 "size_matched": bool(arm and arm.cap), "intermediate_examples": examples, "seed": use.seed,
                 "task": evaluation["task"], "split": evaluation["split"], "language": language,
-                "accuracy": value["accuracy"], "n": value["n"],
+                "metric": value["metric"], "score": value["score"], "scores": value["scores"], "n": value["n"],
                 "parallel": registry.get(evaluation["task"]).parallel, "eval_node": use.eval, "target_node": use.target,
                 "intermediate_node": use.intermediate or "",
                 "predictions": str(Path("nodes") / use.eval / "predictions" / f"{language}.csv"),
             })
     path = study_dir / "results.csv"
-    write_text_atomically(path, _csv(RESULT_COLUMNS, rows))
+    table = [{column: row[column] for column in RESULT_COLUMNS} for row in rows]  # `scores` only in results.jsonl
+    write_text_atomically(path, _csv(RESULT_COLUMNS, table))
     write_text_atomically(study_dir / "results.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
-    base = [{"task": result["task"], "split": result["split"], "language": language, "accuracy": value["accuracy"],
-             "n": value["n"], "eval_node": name}
+    base = [{"task": result["task"], "split": result["split"], "language": language, "metric": value["metric"],
+             "score": value["score"], "n": value["n"], "eval_node": name}
             for name in graph.base for result in [_result(study_dir, name)] for language, value in result["languages"].items()]
     if base:
         write_text_atomically(study_dir / BASE_MODEL_FILE, _csv(list(base[0]), base))

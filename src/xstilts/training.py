@@ -31,7 +31,8 @@ from xstilts.evaluation import predict
 from xstilts.features import Features, collate, length_grouped_batches
 from xstilts.model import WEIGHTS_FILE, MultiHeadModel
 from xstilts.precision import autocast
-from xstilts.task_types import TaskType
+from xstilts.task_types import TaskType, score_outcomes
+from xstilts.task_types.masked_lm import Pieces, mask
 
 CHECKPOINT_DIR = "checkpoint"
 BEST_DIR = "best"
@@ -47,6 +48,8 @@ class TrainTask:
     kind: TaskType
     train: Features
     dev: Features | None = None
+    weight: float = 1.0  # the task's loss is multiplied by it
+    masking: Pieces | None = None  # masked LM: batches are masked anew each time, with these pieces
 
 
 @dataclass
@@ -175,7 +178,7 @@ def evaluate_dev(model: MultiHeadModel, tasks: list[TrainTask], pad_id: int, pre
     for task in tasks:
         if task.dev is not None:
             predictions = predict(model, task.head, task.dev, pad_id, precision, device)
-            scores[task.head] = task.kind.score(predictions, task.dev.labels)
+            scores[task.head] = score_outcomes(task.kind, task.kind.outcomes(predictions, task.dev, None))[task.kind.metrics[0]]
     model.train()
     return scores
 
@@ -247,12 +250,15 @@ def _train(model: MultiHeadModel, tasks: list[TrainTask], config: TrainConfig, o
             if not len(mine):
                 continue
             batch = collate(task.train, mine, pad_id, config.pad_to_multiple)
+            if task.masking is not None:  # a fresh draw per micro-batch, reproducible on resume
+                micro_index = state.step * config.grad_accumulation + micro
+                batch = mask(batch, task.masking, torch.Generator().manual_seed(seed * 1_000_003 + micro_index))
             batch = {key: value.to(device) for key, value in batch.items()}
             labels = batch.pop("labels")
             with autocast(precision, device):
                 logits = model(heads[task_index], choices=task.train.choices, **batch)
             # a sum over this rank's rows divided by the global micro-batch: the ranks' sums add up to the mean
-            loss = task.kind.loss(logits, labels) / (len(indices) * config.grad_accumulation)
+            loss = task.weight * task.kind.loss(logits, labels) / (len(indices) * config.grad_accumulation)
             loss.backward()
             step_loss += loss.item()
         step_loss = ranks.sum_gradients(trainable, step_loss)

@@ -7,7 +7,7 @@ sees are left exactly as they were (full-vocabulary AdamW would only shrink them
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +44,7 @@ class VocabTrim:
     def remap(self, features: Features) -> Features:
         """The same rows with ids in the trimmed vocabulary."""
         ids = [self.full_to_trimmed[row].tolist() for row in features.input_ids]
-        return Features(ids, features.token_type_ids, features.labels, features.choices)
+        return replace(features, input_ids=ids)
 
     def shrink(self, model: MultiHeadModel, spill: Path) -> None:
         """Replace the model's word embeddings by the kept rows; the full matrix is written to `spill` (a

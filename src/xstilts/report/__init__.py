@@ -20,7 +20,7 @@ from xstilts.report.protocol import load_protocol
 from xstilts.report.render import render_html, render_latex, render_markdown
 from xstilts.report.results import load_results
 
-SUMMARY_COLUMNS = ["arm", "group", "task", "split", "language", "n", "seeds", "accuracy", "accuracy_std", "delta",
+SUMMARY_COLUMNS = ["arm", "group", "task", "split", "language", "n", "seeds", "metric", "score", "score_std", "delta",
                    "delta_std", "ci_low", "ci_high", "p", "p_holm", "significant", "mde", "in_language", "size_matched"]
 
 __all__ = ["write_report"]

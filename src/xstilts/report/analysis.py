@@ -22,7 +22,7 @@ ARM_GROUPS = GROUPS[1:]
 SUBSETS = ("in-language", "other languages", "size-matched", "natural-size")
 AA_ARMS = ("baseline seeds A", "baseline seeds B")
 
-Weights = dict[tuple[str, str], float]  # (arm, language) -> weight of that accuracy in a contrast
+Weights = dict[tuple[str, str], float]  # (arm, language) -> weight of that score in a contrast
 
 
 @dataclass(frozen=True)
@@ -40,9 +40,10 @@ class Primary:
 class Analysis:
     """Per-cell results (`cells`), group comparisons (`groups`), the primary contrast and the A/A check.
 
-    cells: arm, group, task, split, language (AVERAGE for the mean over languages), n, seeds, accuracy and
-    accuracy_std (over seeds), delta (change against the baseline) and delta_std (std of the seed-paired
-    changes), ci_low, ci_high, p, p_holm, significant, mde (80% power), in_language, size_matched.
+    cells: arm, group, task, split, language (AVERAGE for the mean over languages), n, seeds, metric (the
+    evaluation set's), score and score_std (over seeds), delta (change against the baseline) and delta_std
+    (std of the seed-paired changes), ci_low, ci_high, p, p_holm, significant, mde (80% power), in_language,
+    size_matched.
     groups: task, split, kind ('language' or 'subset'), scope (a language, AVERAGE or one of SUBSETS),
     group (an arm group or DIFFERENCE), value, ci_low, ci_high, p_value, mde, cells (arm x language cells).
     All in fractions, not points.
@@ -53,6 +54,7 @@ class Analysis:
     groups: pd.DataFrame
     primary: Primary | None
     aa: Estimate | None  # baseline seeds split in two halves; None with fewer than 4 baseline seeds
+    aa_eval_set: EvalSet  # where the A/A check is made: the primary contrast's evaluation set, else the first
 
     @property
     def n_tests(self) -> int:
@@ -76,18 +78,18 @@ class Analysis:
 
 @dataclass(frozen=True)
 class EvalSetRuns:
-    """The 0/1 correctness of every run on one evaluation set, and contrasts estimated from it."""
+    """The per-item scores of every run on one evaluation set, and contrasts estimated from them."""
 
     results: Results
     eval_set: EvalSet
     languages: list[str]
     parallel: bool
-    runs: dict[tuple[str, str], dict[int, np.ndarray]]  # (arm, language) -> seed -> correctness
+    runs: dict[tuple[str, str], dict[int, np.ndarray]]  # (arm, language) -> seed -> per-item scores
 
     @classmethod
     def load(cls, results: Results, eval_set: EvalSet) -> EvalSetRuns:
         languages = results.languages(eval_set)
-        found = results.correctness(eval_set)
+        found = results.item_scores(eval_set)
         runs = {(arm, language): found.get((arm, language), {}) for arm in results.arms.index for language in languages}
         return cls(results, eval_set, languages, results.parallel(eval_set), runs)
 
@@ -110,13 +112,13 @@ class EvalSetRuns:
                                    f"{'/'.join(self.eval_set)}")
             seed_map = {arm: seeds for arm in arms}
         matrix = np.array([[weights.get((arm, language), 0.0) for language in self.languages] for arm in arms])
-        correct = [np.stack([np.stack([self.runs[(arm, language)][seed] for seed in seed_map[arm]]) for arm in arms])
-                   for language in self.languages]
-        return contrast(correct, matrix, self.parallel)
+        scores = [np.stack([np.stack([self.runs[(arm, language)][seed] for seed in seed_map[arm]]) for arm in arms])
+                  for language in self.languages]
+        return contrast(scores, matrix, self.parallel)
 
 
 def _versus_baseline(runs: EvalSetRuns, cells: dict[str, list[str]]) -> Weights:
-    """Mean over the given (arm -> languages) cells of the arm's accuracy minus the baseline's."""
+    """Mean over the given (arm -> languages) cells of the arm's score minus the baseline's."""
     count = sum(len(languages) for languages in cells.values())
     baseline = runs.results.baseline
     weights: Weights = {}
@@ -134,7 +136,7 @@ def _difference(first: Weights, second: Weights) -> Weights:
 
 
 def _seed_std(runs: EvalSetRuns, arm: str, languages: list[str]) -> tuple[float, float, int]:
-    """Mean and std over seeds of an arm's accuracy averaged over `languages`, and the number of seeds."""
+    """Mean and std over seeds of an arm's score averaged over `languages`, and the number of seeds."""
     seeds = runs.seeds([arm])
     values = np.array([np.mean([runs.runs[(arm, language)][seed].mean() for language in languages])
                        for seed in seeds])
@@ -147,17 +149,19 @@ def _cell_rows(runs: EvalSetRuns) -> list[dict]:
     baseline = results.baseline
     if not runs.has(baseline):
         raise XstiltsError(f"{results.path}: the baseline arm {baseline!r} has no rows for {'/'.join(eval_set)}")
+    metric = results.metric(eval_set)
     rows = []
     for arm, info in results.arms.iterrows():
         if not runs.has(arm):
             continue
         for language in [*runs.languages, AVERAGE]:
             languages = runs.languages if language == AVERAGE else [language]
-            accuracy, accuracy_std, seeds = _seed_std(runs, arm, languages)
+            score, score_std, seeds = _seed_std(runs, arm, languages)
             n = sum(len(next(iter(runs.runs[(arm, lang)].values()))) for lang in languages)
             row = {"arm": arm, "group": info["group"], "task": eval_set[0], "split": eval_set[1],
-                   "language": language, "n": n, "seeds": seeds, "accuracy": accuracy, "accuracy_std": accuracy_std,
-                   "in_language": language in info["languages"], "size_matched": bool(info["size_matched"])}
+                   "language": language, "n": n, "seeds": seeds, "metric": metric, "score": score,
+                   "score_std": score_std, "in_language": language in info["languages"],
+                   "size_matched": bool(info["size_matched"])}
             if arm == baseline:
                 row |= dict.fromkeys(("delta", "delta_std", "ci_low", "ci_high", "p", "mde"), np.nan)
             else:
@@ -249,5 +253,5 @@ def analyse(results: Results, study: dict | None = None) -> Analysis:
                            for row in _group_rows(runs, cells[(cells["task"] == eval_set[0])
                                                               & (cells["split"] == eval_set[1])])])
     primary = _primary(results, study or {}, by_set)
-    aa = aa_check(by_set[primary.eval_set if primary else results.eval_sets[0]])
-    return Analysis(results, cells, groups, primary, aa)
+    aa_eval_set = primary.eval_set if primary else results.eval_sets[0]
+    return Analysis(results, cells, groups, primary, aa_check(by_set[aa_eval_set]), aa_eval_set)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from xstilts.report.analysis import ARM_GROUPS, AVERAGE, DIFFERENCE, SUBSETS, Analysis
 from xstilts.report.findings import aa_findings, caveats, findings, primary_findings
-from xstilts.report.formatting import GROUP_NAMES, bracketed, capitalised, p_cell, plural, points, span, with_std
+from xstilts.report.formatting import (GROUP_NAMES, bracketed, capitalised, metric_name, p_cell, plural, points, span,
+                                       with_std)
 from xstilts.report.plots import plot_file
 from xstilts.report.protocol import Protocol, flatten, text
 from xstilts.report.render import Block, Bullets, Heading, Image, Paragraph, Table
@@ -17,7 +18,7 @@ ARM_SPEC_SHOWN = ("name", "group", "tasks")
 
 
 def main_table(analysis: Analysis, eval_set: EvalSet) -> Table:
-    """Arms (baseline first, then by group) x languages and average: accuracy ± std over seeds, and below it
+    """Arms (baseline first, then by group) x languages and average: the score ± std over seeds, and below it
     the change against the baseline ± std of the seed-paired changes, * where Holm-significant."""
     results = analysis.results
     cells = analysis.cells_of(eval_set).set_index(["arm", "language"])
@@ -34,28 +35,30 @@ def main_table(analysis: Analysis, eval_set: EvalSet) -> Table:
                 row.append("–")
                 continue
             cell = cells.loc[(arm, column)]
-            accuracy = with_std(cell["accuracy"], cell["accuracy_std"])
+            score = with_std(cell["score"], cell["score_std"])
             change = with_std(cell["delta"], cell["delta_std"], signed=True) + ("*" if cell["significant"] else "")
-            row.append(accuracy if group == BASELINE_GROUP else f"{accuracy}\n{change}")
+            row.append(score if group == BASELINE_GROUP else f"{score}\n{change}")
         rows.append(row)
     seeds = sorted(set(cells["seeds"]))
-    caption = (f"{eval_set[0]} {eval_set[1]}: accuracy (%), mean ± std over {'/'.join(map(str, seeds))} seeds; "
-               f"below, the change against the baseline ({results.baseline}) in points ± std of the seed-paired "
-               f"changes; * significant after Holm correction over {analysis.n_tests} tests (α = {ALPHA}).")
+    caption = (f"{eval_set[0]} {eval_set[1]}: {metric_name(results.metric(eval_set))} (%), mean ± std over "
+               f"{'/'.join(map(str, seeds))} seeds; below, the change against the baseline ({results.baseline}) in "
+               f"points ± std of the seed-paired changes; * significant after Holm correction over "
+               f"{analysis.n_tests} tests (α = {ALPHA}).")
     return Table(["arm", *columns], rows, caption, sections, numeric=True)
 
 
 def _arm_table(analysis: Analysis, eval_set: EvalSet) -> Table:
-    """Each arm's change in average accuracy with its interval, raw and Holm-adjusted p-values."""
+    """Each arm's change in the average score with its interval, raw and Holm-adjusted p-values."""
+    metric = metric_name(analysis.results.metric(eval_set))
     cells = analysis.cells_of(eval_set)
     averages = cells[(cells["language"] == AVERAGE) & (cells["group"] != BASELINE_GROUP)]
     rows = [[row["arm"], GROUP_NAMES[row["group"]], bracketed(row["delta"], row["ci_low"], row["ci_high"]),
              p_cell(row["p"]), p_cell(row["p_holm"]) + ("*" if row["significant"] else ""),
              "–" if row["mde"] != row["mde"] else points(row["mde"], signed=False)]
             for _, row in averages.iterrows()]
-    return Table(["arm", "group", f"change in average accuracy [{CONFIDENCE:.0%} CI]", "p", "p (Holm)",
+    return Table(["arm", "group", f"change in average {metric} [{CONFIDENCE:.0%} CI]", "p", "p (Holm)",
                   f"MDE ({POWER:.0%} power)"], rows,
-                 "Change of each arm's accuracy averaged over languages, in points, against the baseline; the "
+                 f"Change of each arm's {metric} averaged over languages, in points, against the baseline; the "
                  "interval and p-value include training variance over seeds and test-item sampling; MDE is the "
                  "smallest change this design detects with 80% power.", numeric=True)
 
@@ -87,44 +90,49 @@ def _group_table(analysis: Analysis, eval_set: EvalSet, kind: str, scopes: list[
 def _results_section(analysis: Analysis, eval_set: EvalSet) -> list[Block]:
     name = f"{eval_set[0]} {eval_set[1]}"
     languages = analysis.results.languages(eval_set)
+    metric = metric_name(analysis.results.metric(eval_set))
     interval = f"{CONFIDENCE:.0%} CI"
     return [
         Heading(f"Results: {name}"),
         main_table(analysis, eval_set),
         _arm_table(analysis, eval_set),
-        Image(plot_file("heatmap", eval_set), f"Change in accuracy (points) of each arm against the baseline on "
+        Image(plot_file("heatmap", eval_set), f"Change in {metric} (points) of each arm against the baseline on "
               f"{name}; * marks changes significant after Holm correction."),
         Heading(f"Group comparison: {name}", 3),
         _group_table(analysis, eval_set, "language", [*languages, AVERAGE],
-                     f"Mean change in accuracy (points) of the arms of each group, [{interval}]; the last columns "
+                     f"Mean change in {metric} (points) of the arms of each group, [{interval}]; the last columns "
                      "compare English with low-resource arms (p-value not corrected for multiplicity)."),
         _group_table(analysis, eval_set, "subset", list(SUBSETS),
                      "The same, restricted to cells whose evaluation language is in the arm's intermediate data "
                      "(in-language) or not (other languages), and to size-matched or natural-size arms."),
         Image(plot_file("groups", eval_set), f"Mean change per group of arms on {name}, with {interval}s."),
-        Image(plot_file("size", eval_set), f"Average accuracy on {name} against the number of intermediate "
+        Image(plot_file("size", eval_set), f"Average {metric} on {name} against the number of intermediate "
               "training examples; error bars are ± std over seeds, the dashed line and band are the baseline's "
               "mean ± std; arms of about the same size are drawn side by side."),
     ]
 
 
 def _method(analysis: Analysis) -> list[Block]:
-    parallel = [f"{task} {split}" for task, split in analysis.results.eval_sets if analysis.results.parallel((task, split))]
+    results = analysis.results
+    parallel = [f"{task} {split}" for task, split in results.eval_sets if results.parallel((task, split))]
+    scored = ", ".join(f"{metric_name(results.metric(eval_set))} on {eval_set[0]} {eval_set[1]}"
+                       for eval_set in results.eval_sets)
     return [
         Heading("Statistical method"),
-        Paragraph("The unit of inference is the training run (arm × seed). Every comparison is a contrast: a "
-                  "weighted sum of run accuracies whose weights cancel over arms (an arm minus the baseline, on one "
-                  "language or on the average over languages; the mean of a group of arms minus the baseline; the "
-                  "English arms' mean change minus the low-resource arms'). For each seed s the contrast y_s is "
-                  "computed from the runs trained with seed s, so whatever a seed does to all arms alike cancels "
-                  "(seed blocking); the estimate is the mean of y_s over seeds, and ± after a change is the "
-                  "standard deviation of y_s."),
+        Paragraph("The unit of inference is the training run (arm × seed). A run's score on a language is the mean "
+                  f"over its test items of a per-item value of the evaluation's metric ({scored}). Every comparison "
+                  "is a contrast: a weighted sum of run scores whose weights cancel over arms (an arm minus the "
+                  "baseline, on one language or on the average over languages; the mean of a group of arms minus the "
+                  "baseline; the English arms' mean change minus the low-resource arms'). For each seed s the "
+                  "contrast y_s is computed from the runs trained with seed s, so whatever a seed does to all arms "
+                  "alike cancels (seed blocking); the estimate is the mean of y_s over seeds, and ± after a change is "
+                  "the standard deviation of y_s."),
         Paragraph("Its standard error has two parts. Training: the variance of y_s over seeds divided by the number "
                   "of seeds; it holds everything that differs between training runs (initialisation, data order, "
                   "dropout) and the noise of single test items within a run. Test items: the effect differs from "
                   "item to item and the test set is a sample of items; this part is estimated by moments (the "
                   "variance over items of the seed-averaged item effect, less its seed noise, over the number of "
-                  "items). "
+                  "items; it uses the per-item values as they are, so it holds for 0/1 and graded metrics alike). "
                   + (f"The languages of {', '.join(parallel)} are translations of the same items (`parallel: true` in "
                      "the task), so an item counts once across all its languages; "
                      if parallel else "")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from xstilts.report.analysis import ARM_GROUPS, AVERAGE, DIFFERENCE, ENGLISH, LOW_RESOURCE, Analysis
-from xstilts.report.formatting import GROUP_NAMES, capitalised, interval, p_value, plural, points, span
+from xstilts.report.formatting import GROUP_NAMES, capitalised, interval, metric_name, p_value, plural, points, span
 from xstilts.report.protocol import Protocol, task_label
 from xstilts.report.results import BASELINE_GROUP, EvalSet
 from xstilts.report.statistics import ALPHA, POWER, seeds_needed
@@ -39,8 +39,9 @@ def _answer(analysis: Analysis, eval_set: EvalSet) -> list[str]:
     languages = by_language[by_language["scope"] != AVERAGE]
     cells = analysis.cells_of(eval_set)
     arm_counts = cells.drop_duplicates("arm")["group"].value_counts()
+    changed = f"changed average {metric_name(analysis.results.metric(eval_set))} by "
     parts = [f"{GROUP_NAMES[group]} intermediate tasks ({plural(int(arm_counts[group]), 'arm')}) "
-             f"{'changed average accuracy by ' if not index else 'by '}{_effect(overall.loc[group])}"
+             f"{changed if not index else 'by '}{_effect(overall.loc[group])}"
              for index, group in enumerate(group for group in ARM_GROUPS if group in overall.index)]
     name = f"{eval_set[0]} {eval_set[1]} ({len(analysis.results.languages(eval_set))} languages)"
     if not parts:
@@ -108,7 +109,8 @@ def primary_findings(analysis: Analysis, protocol: Protocol) -> list[str]:
     name = f"{eval_set[0]} {eval_set[1]} ({len(analysis.results.languages(eval_set))} languages)"
     origin = "declared in the study spec" if primary.declared else "the default: every English and low-resource arm"
     head = (f"Primary question ({origin}, tested alone at α = {ALPHA}): on {name}, the English arms changed "
-            f"average accuracy by {points(estimate.value)} points more than the low-resource arms")
+            f"average {metric_name(analysis.results.metric(eval_set))} by {points(estimate.value)} points more than "
+            "the low-resource arms")
     if not estimate.resolvable:
         return [f"{head}. With {plural(estimate.seeds, 'seed')} the training variance is unknown, so this design "
                 "cannot resolve anything: no interval, no p-value, nothing is marked significant. Run at least 2 "
@@ -133,7 +135,9 @@ def aa_findings(analysis: Analysis) -> list[str]:
     if aa is None:
         return []
     return [f"Calibration check (A/A): the baseline's runs split by seed into two pseudo-arms of {aa.seeds} seeds "
-            f"each differ by {points(aa.value)} points on the average ({interval(aa.ci_low, aa.ci_high)}, "
+            f"each differ by {points(aa.value)} points in average "
+            f"{metric_name(analysis.results.metric(analysis.aa_eval_set))} on {' '.join(analysis.aa_eval_set)} "
+            f"({interval(aa.ci_low, aa.ci_high)}, "
             f"{p_value(aa.p_value)}). They differ only by training randomness, so a significant difference here "
             "would mean the method understates it."
             + (" It is significant: distrust this report's tests." if aa.significant() else "")]
@@ -166,10 +170,11 @@ def _significance(analysis: Analysis, eval_set: EvalSet) -> list[str]:
 def _subsets(analysis: Analysis, eval_set: EvalSet) -> list[str]:
     """In-language vs other languages per group; English vs low-resource among size-matched and natural-size arms."""
     subsets = analysis.groups_of(eval_set, "subset").set_index(["scope", "group"])
+    metric = metric_name(analysis.results.metric(eval_set))
     sentences, absent = [], []
     for group in (ENGLISH, LOW_RESOURCE, "mixed"):
         if ("in-language", group) in subsets.index and ("other languages", group) in subsets.index:
-            sentences.append(f"{capitalised(GROUP_NAMES[group])} arms change accuracy by "
+            sentences.append(f"{capitalised(GROUP_NAMES[group])} arms change {metric} by "
                              f"{_effect(subsets.loc[('in-language', group)])} on the languages of their intermediate "
                              f"data and by {_effect(subsets.loc[('other languages', group)])} on the other languages.")
         elif ("other languages", group) in subsets.index:

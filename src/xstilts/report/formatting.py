@@ -1,4 +1,4 @@
-"""Numbers as report text: accuracies and changes in percentage points, intervals and p-values."""
+"""Numbers as report text: scores and changes in percentage points, intervals and p-values; metric names."""
 
 from __future__ import annotations
 
@@ -9,6 +9,12 @@ from xstilts.report.statistics import CONFIDENCE
 
 MINUS = "−"
 GROUP_NAMES = {"english": "English", "low-resource": "low-resource", "mixed": "mixed"}
+METRIC_NAMES = {"f1": "F1"}  # as prose names them; others with spaces for underscores
+
+
+def metric_name(metric: str) -> str:
+    """A metric as the report names it ('accuracy', 'f1' -> 'F1', 'exact_match' -> 'exact match')."""
+    return METRIC_NAMES.get(metric, metric.replace("_", " "))
 
 
 def points(fraction: float, signed: bool = True) -> str:

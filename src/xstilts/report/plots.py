@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.transforms import offset_copy
 
 from xstilts.report.analysis import ARM_GROUPS, AVERAGE, Analysis
-from xstilts.report.formatting import GROUP_NAMES, capitalised, plural, points
+from xstilts.report.formatting import GROUP_NAMES, capitalised, metric_name, plural, points
 from xstilts.report.results import BASELINE_GROUP, EvalSet
 
 GROUP_COLORS = {"english": "#0072B2", "low-resource": "#D55E00", "mixed": "#009E73"}  # colour-blind safe
@@ -28,7 +28,8 @@ DODGE, SAME_SIZE = 10.0, 1.03  # arms within 3% of each other's size are drawn s
 
 
 def _heatmap(analysis: Analysis, eval_set: EvalSet) -> Figure:
-    """Arms x languages (and the average) of the change in accuracy points; * marks Holm-significant cells."""
+    """Arms x languages (and the average) of the change in points of the metric; * marks Holm-significant cells."""
+    metric = metric_name(analysis.results.metric(eval_set))
     cells = analysis.cells_of(eval_set)
     cells = cells[cells["group"] != BASELINE_GROUP]
     arms = analysis.results.arms
@@ -52,9 +53,9 @@ def _heatmap(analysis: Analysis, eval_set: EvalSet) -> Figure:
     for boundary in np.flatnonzero(arms["group"].to_numpy()[1:] != arms["group"].to_numpy()[:-1]):
         axes.axhline(boundary + 0.5, color="black", linewidth=2)
     axes.set_xlabel("Evaluation language")
-    axes.set_title(f"Change in accuracy against the baseline, {eval_set[0]} {eval_set[1]}\n"
+    axes.set_title(f"Change in {metric} against the baseline, {eval_set[0]} {eval_set[1]}\n"
                    "(points; * significant after Holm correction)")
-    figure.colorbar(image, ax=axes, label="Change (accuracy points)", fraction=0.04, pad=0.01)
+    figure.colorbar(image, ax=axes, label=f"Change ({metric} points)", fraction=0.04, pad=0.01)
     return figure
 
 
@@ -80,7 +81,7 @@ def _group_bars(analysis: Analysis, eval_set: EvalSet) -> Figure:
     axes.axvline(len(scopes) - 1.5, color="grey", linestyle=":", linewidth=1)
     axes.set_xticks(positions, labels=scopes)
     axes.set_xlabel("Evaluation language")
-    axes.set_ylabel("Mean change (accuracy points)")
+    axes.set_ylabel(f"Mean change ({metric_name(analysis.results.metric(eval_set))} points)")
     axes.set_title(f"Mean change against the baseline by group, {eval_set[0]} {eval_set[1]}\n"
                    "(points, with 95% confidence intervals: training and test-item variance)")
     axes.legend(loc="best")
@@ -104,56 +105,57 @@ def _label_arms(axes: Axes, arms: pd.DataFrame, offsets: pd.Series, clusters: pd
     figure = axes.get_figure()
     (x_low, x_high), (y_low, y_high) = axes.get_xlim(), axes.get_ylim()
     scale = np.log10 if axes.get_xscale() == "log" else (lambda values: values)
-    sizes, accuracy = arms["intermediate_examples"].to_numpy(float), 100 * arms["accuracy"].to_numpy()
+    sizes, score = arms["intermediate_examples"].to_numpy(float), 100 * arms["score"].to_numpy()
     x = (scale(sizes) - scale(x_low)) / (scale(x_high) - scale(x_low))
     gap = LABEL_GAP * (y_high - y_low)
-    heights = accuracy.copy()
-    for rank, index in enumerate(np.argsort(-accuracy)):
-        for other in sorted(np.argsort(-accuracy)[:rank], key=lambda placed: -heights[placed]):
+    heights = score.copy()
+    for rank, index in enumerate(np.argsort(-score)):
+        for other in sorted(np.argsort(-score)[:rank], key=lambda placed: -heights[placed]):
             if abs(x[index] - x[other]) < LABEL_NEAR and heights[index] > heights[other] - gap:
                 heights[index] = heights[other] - gap
     axes.set_ylim(min(y_low, heights.min() - gap), y_high)
     for index, arm in enumerate(arms.index):
         text_offset = offsets[clusters == clusters[arm]].max() + 8
-        leader = {"arrowstyle": "-", "color": "grey", "linewidth": 0.6} if heights[index] != accuracy[index] else None
-        axes.annotate(arm, (sizes[index], accuracy[index]), xytext=(sizes[index], heights[index]),
+        leader = {"arrowstyle": "-", "color": "grey", "linewidth": 0.6} if heights[index] != score[index] else None
+        axes.annotate(arm, (sizes[index], score[index]), xytext=(sizes[index], heights[index]),
                       xycoords=offset_copy(axes.transData, figure, x=offsets[arm], units="points"),
                       textcoords=offset_copy(axes.transData, figure, x=text_offset, units="points"),
                       va="center", fontsize=11, arrowprops=leader)
 
 
 def _size(analysis: Analysis, eval_set: EvalSet) -> Figure:
-    """Average accuracy of each arm against its amount of intermediate data; the baseline as a line.
+    """Average score of each arm against its amount of intermediate data; the baseline as a line.
 
     Arms of about the same size are drawn side by side (offset by a few points) so their error bars stay apart."""
     cells = analysis.cells_of(eval_set)
     averages = cells[cells["language"] == AVERAGE].set_index("arm")
-    arms = analysis.results.arms.join(averages[["accuracy", "accuracy_std"]], how="inner")
+    arms = analysis.results.arms.join(averages[["score", "score_std"]], how="inner")
     baseline = averages.loc[analysis.results.baseline]
     figure = Figure(figsize=(9.0, 6.0), layout="constrained")
     axes = figure.add_subplot()
-    level, spread = 100 * baseline["accuracy"], 100 * np.nan_to_num(baseline["accuracy_std"])
-    axes.axhline(level, color="grey", linestyle="--", label=f"Baseline ({points(baseline['accuracy'], signed=False)}%)")
+    level, spread = 100 * baseline["score"], 100 * np.nan_to_num(baseline["score_std"])
+    axes.axhline(level, color="grey", linestyle="--", label=f"Baseline ({points(baseline['score'], signed=False)}%)")
     axes.axhspan(level - spread, level + spread, color="grey", alpha=0.12, linewidth=0)
     trained = arms[arms["group"] != BASELINE_GROUP]
     offsets, clusters = _dodge(trained["intermediate_examples"])
     for group in ARM_GROUPS:
         for position, (arm, row) in enumerate(trained[trained["group"] == group].iterrows()):
-            axes.errorbar([row["intermediate_examples"]], [100 * row["accuracy"]],
-                          yerr=[100 * np.nan_to_num(row["accuracy_std"])], fmt=GROUP_MARKERS[group], markersize=9,
+            axes.errorbar([row["intermediate_examples"]], [100 * row["score"]],
+                          yerr=[100 * np.nan_to_num(row["score_std"])], fmt=GROUP_MARKERS[group], markersize=9,
                           capsize=3, color=GROUP_COLORS[group],
                           transform=offset_copy(axes.transData, figure, x=offsets[arm], units="points"),
                           label=None if position else capitalised(GROUP_NAMES[group]))
-    sizes, spreads = trained["intermediate_examples"], 100 * trained["accuracy_std"].fillna(0)
+    sizes, spreads = trained["intermediate_examples"], 100 * trained["score_std"].fillna(0)
     for sign in (-1, 1):  # offset transforms keep the markers out of autoscaling: add their extent by hand
-        axes.update_datalim(np.column_stack([sizes, 100 * trained["accuracy"] + sign * spreads]))
+        axes.update_datalim(np.column_stack([sizes, 100 * trained["score"] + sign * spreads]))
     if not sizes.empty and sizes.min() > 0 and sizes.max() >= 10 * sizes.min():
         axes.set_xscale("log")
     axes.margins(x=0.15, y=0.2)
     _label_arms(axes, trained, offsets, clusters)
     axes.set_xlabel("Intermediate training examples")
-    axes.set_ylabel("Average accuracy (%), ± std over seeds")
-    axes.set_title(f"Average {eval_set[0]} {eval_set[1]} accuracy vs intermediate data size")
+    metric = metric_name(analysis.results.metric(eval_set))
+    axes.set_ylabel(f"Average {metric} (%), ± std over seeds")
+    axes.set_title(f"Average {eval_set[0]} {eval_set[1]} {metric} vs intermediate data size")
     axes.legend(loc="best")
     axes.grid(alpha=0.3)
     return figure

@@ -1,4 +1,4 @@
-"""The results table of a study and each row's per-example correctness, loaded and validated."""
+"""The results table of a study and each row's per-example scores, loaded and validated."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ import numpy as np
 import pandas as pd
 
 from xstilts.errors import XstiltsError
+from xstilts.task_types import item_column
 
 BASELINE_GROUP = "baseline"
 GROUPS = (BASELINE_GROUP, "english", "low-resource", "mixed")
 TARGET_TASK = "xnli"
-STRING_COLUMNS = ("arm", "group", "arm_languages", "task", "split", "language", "eval_node", "target_node",
-                  "intermediate_node", "predictions")
-PREDICTION_COLUMNS = ("index", "label", "prediction", "correct")
-ACCURACY_TOLERANCE = 1e-3
+STRING_COLUMNS = ("arm", "group", "arm_languages", "task", "split", "language", "metric", "eval_node",
+                  "target_node", "intermediate_node", "predictions")
+SCORE_TOLERANCE = 1e-3
 
 
 def _integer(text: str) -> int:
@@ -40,7 +40,7 @@ PARSERS: dict[str, tuple[Callable[[str], object], str]] = {
     "size_matched": (_boolean, "true or false"),
     "intermediate_examples": (_integer, "an integer"),
     "seed": (_integer, "an integer"),
-    "accuracy": (float, "a number"),
+    "score": (float, "a number"),
     "n": (_integer, "an integer"),
 }
 COLUMNS = (*STRING_COLUMNS, *PARSERS)
@@ -50,8 +50,9 @@ EvalSet = tuple[str, str]  # (task, split)
 
 @dataclass(frozen=True)
 class Results:
-    """Validated rows (one per arm x seed x task x split x language) with a `correct` column holding each
-    row's 0/1 correctness vector, ordered by example index (identical order for rows of one test set)."""
+    """Validated rows (one per arm x seed x task x split x language) with an `item_scores` column holding each
+    row's per-example values of its metric (in [0, 1]; 0/1 for accuracy), ordered by example index (identical
+    order for rows of one test set). All rows of one evaluation set share their metric."""
 
     path: Path
     rows: pd.DataFrame
@@ -95,12 +96,16 @@ class Results:
         """Number of test examples per language of one evaluation set."""
         return self._select(eval_set).groupby("language", sort=False)["n"].first().to_dict()
 
-    def correctness(self, eval_set: EvalSet) -> dict[tuple[str, str], dict[int, np.ndarray]]:
-        """(arm, language) -> seed -> 0/1 correctness vector, for every run on one evaluation set."""
+    def metric(self, eval_set: EvalSet) -> str:
+        """The metric of one evaluation set (its rows' `metric`)."""
+        return str(self._select(eval_set)["metric"].iloc[0])
+
+    def item_scores(self, eval_set: EvalSet) -> dict[tuple[str, str], dict[int, np.ndarray]]:
+        """(arm, language) -> seed -> per-example scores, for every run on one evaluation set."""
         rows = self._select(eval_set)
         runs: dict[tuple[str, str], dict[int, np.ndarray]] = {}
-        for arm, language, seed, correct in zip(rows["arm"], rows["language"], rows["seed"], rows["correct"]):
-            runs.setdefault((arm, language), {})[int(seed)] = correct
+        for arm, language, seed, scores in zip(rows["arm"], rows["language"], rows["seed"], rows["item_scores"]):
+            runs.setdefault((arm, language), {})[int(seed)] = scores
         return runs
 
     def _select(self, eval_set: EvalSet) -> pd.DataFrame:
@@ -160,11 +165,11 @@ def _typed(table: pd.DataFrame, path: Path) -> pd.DataFrame:
         rows[column] = values
     checks = {
         "group": (rows["group"].isin(GROUPS), f"one of {', '.join(GROUPS)}"),
-        "accuracy": (rows["accuracy"].between(0, 1), "between 0 and 1"),
+        "score": (rows["score"].between(0, 1), "between 0 and 1"),
         "n": (rows["n"] > 0, "positive"),
         "intermediate_examples": (rows["intermediate_examples"] >= 0, "non-negative"),
     }
-    required = ("arm", "task", "split", "language", "predictions")
+    required = ("arm", "task", "split", "language", "metric", "predictions")
     checks |= {column: (rows[column] != "", "non-empty") for column in required}
     for column, (valid, expected) in checks.items():
         if not valid.all():
@@ -175,7 +180,7 @@ def _typed(table: pd.DataFrame, path: Path) -> pd.DataFrame:
 
 
 def _check_structure(rows: pd.DataFrame, path: Path) -> None:
-    """One baseline arm, one group per arm, no duplicated arm x seed x test set."""
+    """One baseline arm, one group per arm, one metric per evaluation set, no duplicated arm x seed x test set."""
     key = ["arm", "seed", "task", "split", "language"]
     duplicated = rows[rows.duplicated(key)]
     if not duplicated.empty:
@@ -188,6 +193,13 @@ def _check_structure(rows: pd.DataFrame, path: Path) -> None:
         row = conflicting.iloc[0]
         raise XstiltsError(f"{path}:{row['line']}: column 'group': arm {row['arm']!r} is {row['group']!r} here "
                            f"but {groups.loc[groups['arm'] == row['arm'], 'group'].iloc[0]!r} in an earlier row")
+    metrics = rows.drop_duplicates(["task", "split", "metric"])
+    conflicting = metrics[metrics.duplicated(["task", "split"])]
+    if not conflicting.empty:
+        row = conflicting.iloc[0]
+        first = metrics.loc[(metrics["task"] == row["task"]) & (metrics["split"] == row["split"]), "metric"].iloc[0]
+        raise XstiltsError(f"{path}:{row['line']}: column 'metric': {row['task']}/{row['split']} is scored by "
+                           f"{row['metric']!r} here but by {first!r} in an earlier row")
     baselines = rows.loc[rows["group"] == BASELINE_GROUP].drop_duplicates("arm")
     if baselines.empty:
         raise XstiltsError(f"{path}: no baseline arm (no row with group {BASELINE_GROUP!r})")
@@ -200,28 +212,28 @@ def _check_structure(rows: pd.DataFrame, path: Path) -> None:
 
 
 def _read_predictions(study_dir: Path, row: pd.Series, path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(example indices, 0/1 correctness) of one row's predictions file, sorted by index and checked
-    against the row's `n` and `accuracy`."""
+    """(example indices, per-example scores of the row's metric) of one row's predictions file, sorted by index
+    and checked against the row's `n` and `score`."""
     file = study_dir / row["predictions"]
     where = f"{path.name} line {row['line']}"
+    column = item_column(row["metric"])
     try:
         table = pd.read_csv(file, dtype=str, keep_default_na=False)
     except FileNotFoundError:
         raise XstiltsError(f"{file}: predictions file not found ({where})") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise XstiltsError(f"{file}: unreadable predictions ({str(error).splitlines()[0]})") from None
-    for column in PREDICTION_COLUMNS:
-        if column not in table.columns:
-            raise XstiltsError(f"{file}: missing column {column!r}")
-    for column, allowed in (("index", None), ("correct", {0, 1})):
-        values = pd.to_numeric(table[column], errors="coerce")
-        bad = values.isna() | (values % 1 != 0) | (~values.isin(list(allowed)) if allowed else False)
+    for name in ("index", column):
+        if name not in table.columns:
+            raise XstiltsError(f"{file}: missing column {name!r} ({where}, metric {row['metric']!r})")
+    indices, scores = (pd.to_numeric(table[name], errors="coerce") for name in ("index", column))
+    checks = {"index": (indices.isna() | (indices % 1 != 0), "an integer"),
+              column: (~scores.between(0, 1), "a number between 0 and 1")}
+    for name, (bad, expected) in checks.items():
         if bad.any():
             first = int(np.flatnonzero(bad.to_numpy())[0])
-            expected = "0 or 1" if allowed else "an integer"
-            raise XstiltsError(f"{file}:{first + 2}: column {column!r}: {table[column].iloc[first]!r} "
-                               f"is not {expected}")
-        table[column] = values.astype(int)
+            raise XstiltsError(f"{file}:{first + 2}: column {name!r}: {table[name].iloc[first]!r} is not {expected}")
+    table["index"], table[column] = indices.astype(int), scores.astype(float)
     repeated = table["index"].duplicated()
     if repeated.any():
         first = int(np.flatnonzero(repeated.to_numpy())[0])
@@ -229,11 +241,11 @@ def _read_predictions(study_dir: Path, row: pd.Series, path: Path) -> tuple[np.n
     if len(table) != row["n"]:
         raise XstiltsError(f"{path}:{row['line']}: column 'n' is {row['n']} but {file} has {len(table)} predictions")
     table = table.sort_values("index")
-    correct = table["correct"].to_numpy(dtype=float)
-    if abs(correct.mean() - row["accuracy"]) > ACCURACY_TOLERANCE:
-        raise XstiltsError(f"{path}:{row['line']}: column 'accuracy' is {row['accuracy']:.4f} but the mean of "
-                           f"'correct' in {file} is {correct.mean():.4f}")
-    return table["index"].to_numpy(), correct
+    values = table[column].to_numpy()
+    if abs(values.mean() - row["score"]) > SCORE_TOLERANCE:
+        raise XstiltsError(f"{path}:{row['line']}: column 'score' is {row['score']:.4f} but the mean of "
+                           f"{column!r} in {file} is {values.mean():.4f}")
+    return table["index"].to_numpy(), values
 
 
 def load_results(study_dir: Path) -> Results:
@@ -247,7 +259,7 @@ def load_results(study_dir: Path) -> Results:
     rows = _typed(_read_rows(path), path)
     _check_structure(rows, path)
     reference: dict[tuple[str, str, str], tuple[np.ndarray, str]] = {}
-    correct = []
+    item_scores = []
     for _, row in rows.iterrows():
         indices, values = _read_predictions(study_dir, row, path)
         test_set = (row["task"], row["split"], row["language"])
@@ -255,12 +267,12 @@ def load_results(study_dir: Path) -> Results:
         if not np.array_equal(indices, first_indices):
             raise XstiltsError(f"{study_dir / row['predictions']}: example indices differ from {first_file} "
                                f"(rows of {'/'.join(test_set)} must share their test examples)")
-        correct.append(values)
+        item_scores.append(values)
         if row["parallel"]:
             parallel_key = (row["task"], row["split"], "all languages")
             first_indices, first_file = reference.setdefault(parallel_key, (indices, row["predictions"]))
             if not np.array_equal(indices, first_indices):
                 raise XstiltsError(f"{study_dir / row['predictions']}: example indices differ from {first_file}, but "
                                    f"{row['task']}/{row['split']} is parallel (its languages share their items)")
-    rows["correct"] = pd.Series(correct, index=rows.index, dtype=object)
+    rows["item_scores"] = pd.Series(item_scores, index=rows.index, dtype=object)
     return Results(path, rows.reset_index(drop=True))

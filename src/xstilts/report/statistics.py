@@ -1,10 +1,13 @@
 """Run-level inference for contrasts between arms: training variance over seeds plus test-item sampling.
 
-The unit of inference is the training run. A *contrast* weights the accuracies of arms on languages
+The unit of inference is the training run. A *contrast* weights the scores of arms on languages
 (w[arm, language]; e.g. an arm minus the baseline on the language average, or the mean of the English arms
-minus the mean of the low-resource arms). Its estimate is the mean over seeds of the per-seed contrast
+minus the mean of the low-resource arms). A run's score is the mean over test items of a per-item value in
+[0, 1] (0/1 correctness for accuracy, a per-item F1 for span QA); nothing below assumes 0/1 values (there is
+no binomial variance: every variance is estimated from the per-item values themselves). A contrast's
+estimate is the mean over seeds of the per-seed contrast
 
-    y_s = sum_{a,l} w[a,l] * accuracy(arm a, seed s, language l),
+    y_s = sum_{a,l} w[a,l] * score(arm a, seed s, language l),
 
 computed from runs that share seed s (seed blocking: whatever a seed does to every arm alike cancels,
 because the weights of a contrast sum to zero). Two sources of variance enter its standard error:
@@ -99,19 +102,19 @@ def _item_variance(item_effects: np.ndarray) -> float:
     return max(total, 0.0) / items
 
 
-def contrast(correct: list[np.ndarray], weights: np.ndarray, parallel: bool,
+def contrast(scores: list[np.ndarray], weights: np.ndarray, parallel: bool,
              confidence: float = CONFIDENCE) -> Estimate:
-    """Estimate the contrast `weights` (arms x languages) from per-language 0/1 correctness arrays.
+    """Estimate the contrast `weights` (arms x languages) from per-language arrays of per-item scores.
 
-    correct[l] has shape (arms, seeds, items of language l); row order of arms and seeds is the same in
+    scores[l] has shape (arms, seeds, items of language l); row order of arms and seeds is the same in
     every language, and for `parallel` test sets item i is the same item in every language (equal counts)."""
     weights = np.asarray(weights, dtype=float)
-    seeds = correct[0].shape[1]
-    per_seed = sum(np.einsum("a,asi->s", weights[:, l], c) / c.shape[2] for l, c in enumerate(correct))
+    seeds = scores[0].shape[1]
+    per_seed = sum(np.einsum("a,asi->s", weights[:, l], c) / c.shape[2] for l, c in enumerate(scores))
     value = float(per_seed.mean())
     train_variance = float(per_seed.var(ddof=1)) if seeds > 1 else float("nan")
     # per-item effects (seeds x items), each item weighted as it enters the estimate
-    effects = [np.einsum("a,asi->si", weights[:, l], c) for l, c in enumerate(correct)]
+    effects = [np.einsum("a,asi->si", weights[:, l], c) for l, c in enumerate(scores)]
     if parallel:
         item_variance = _item_variance(sum(effects))  # items are shared: one stratum
     else:

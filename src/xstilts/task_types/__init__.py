@@ -20,13 +20,14 @@ class TaskType(Protocol):
     A type without training data (retrieval) defines the first two and its metric, and scores an encoder."""
 
     name: str
-    metric: str  # what `score` measures
+    metrics: tuple[str, ...]  # what `outcomes` measures per example; the first is the primary metric
 
     def example(self, spec: TaskSpec, fields: dict[str, Any], label_map: dict[str, str], where: str) -> Example | None:
         """A record's fields (named as in the task's `columns`) as an example; None skips an unlabelled row."""
 
-    def featurize(self, examples: list[Example], tokenizer: PreTrainedTokenizerBase, max_length: int) -> Features:
-        """Token ids of the examples, unpadded."""
+    def featurize(self, examples: list[Example], tokenizer: PreTrainedTokenizerBase, max_length: int,
+                  spec: TaskSpec, language: str) -> Features:
+        """Token ids of one language's examples, unpadded."""
 
     def head(self, hidden_size: int, labels: list[str], dropout: float, pooling: str) -> nn.Module:
         """A fresh head: `forward(hidden, attention_mask, choices)` -> logits."""
@@ -35,15 +36,26 @@ class TaskType(Protocol):
         """The loss summed over the batch's examples."""
 
     def predict(self, logits: torch.Tensor) -> torch.Tensor:
-        """One prediction per example."""
+        """One prediction per feature row (a tensor row per example, or per window for span QA)."""
 
-    def score(self, predictions: np.ndarray, labels: np.ndarray) -> float:
-        """The metric over all predictions."""
+    def outcomes(self, predictions: np.ndarray, features: Features, names: list[str] | None) -> list[dict]:
+        """One record per example: its index, gold and prediction (label `names` where the task has them) and
+        its value of every metric (`item_column(metric)`), as the predictions file keeps it."""
+
+
+def item_column(metric: str) -> str:
+    """The column of a predictions file that holds an example's value of `metric` (accuracy: `correct`, 0/1)."""
+    return "correct" if metric == "accuracy" else metric
+
+
+def score_outcomes(kind: TaskType, outcomes: list[dict]) -> dict[str, float]:
+    """Every metric of a task type over the examples' outcomes (the mean of its per-example values)."""
+    return {metric: float(np.mean([row[item_column(metric)] for row in outcomes])) for metric in kind.metrics}
 
 
 def task_type(name: str) -> TaskType:
     """The type registered under `name`."""
-    from xstilts.task_types import classification, multiple_choice, retrieval
+    from xstilts.task_types import classification, masked_lm, multiple_choice, retrieval, span_qa
 
     return {"classification": classification.TYPE, "multiple_choice": multiple_choice.TYPE,
-            "retrieval": retrieval.TYPE}[name]
+            "span_qa": span_qa.TYPE, "retrieval": retrieval.TYPE, "masked_lm": masked_lm.TYPE}[name]

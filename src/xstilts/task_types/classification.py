@@ -56,7 +56,7 @@ class Classification:
     """Cross-entropy over the label set; accuracy."""
 
     name = "classification"
-    metric = "accuracy"
+    metrics = ("accuracy",)
 
     def example(self, spec: TaskSpec, fields: dict[str, Any], label_map: dict[str, str], where: str) -> Example | None:
         label = label_index(spec, fields["label"], label_map, where)
@@ -65,7 +65,8 @@ class Classification:
         text_b = fields.get("text_b")
         return Example(str(fields["text_a"]), None if text_b is None else str(text_b), label)
 
-    def featurize(self, examples: list[Example], tokenizer: PreTrainedTokenizerBase, max_length: int) -> Features:
+    def featurize(self, examples: list[Example], tokenizer: PreTrainedTokenizerBase, max_length: int,
+                  spec: TaskSpec, language: str) -> Features:
         first = [example.text_a for example in examples]
         second = [example.text_b or "" for example in examples] if examples and examples[0].text_b is not None else None
         return tokenize(first, second, tokenizer, max_length, np.array([e.label for e in examples], dtype=np.int64))
@@ -79,8 +80,16 @@ class Classification:
     def predict(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.argmax(-1)
 
-    def score(self, predictions: np.ndarray, labels: np.ndarray) -> float:
-        return float((predictions == labels).mean())
+    def outcomes(self, predictions: np.ndarray, features: Features, names: list[str] | None) -> list[dict]:
+        return labelled_outcomes(predictions, features.labels, names)
+
+
+def labelled_outcomes(predictions: np.ndarray, labels: np.ndarray, names: list[str] | None) -> list[dict]:
+    """Index, gold label, predicted label (a label name, or a candidate or row index) and correct (0/1) of
+    every example."""
+    return [{"index": index, "label": names[gold] if names else int(gold),
+             "prediction": names[predicted] if names else int(predicted), "correct": int(gold == predicted)}
+            for index, (gold, predicted) in enumerate(zip(labels, predictions))]
 
 
 TYPE = Classification()

@@ -53,7 +53,8 @@ class MultipleChoice(Classification):
             context = f"{context} {fields['question']}"
         return Example(context, None, index, tuple(str(choice) for choice in choices))
 
-    def featurize(self, examples: list[Example], tokenizer: PreTrainedTokenizerBase, max_length: int) -> Features:
+    def featurize(self, examples: list[Example], tokenizer: PreTrainedTokenizerBase, max_length: int,
+                  spec: TaskSpec, language: str) -> Features:
         choices = len(examples[0].choices) if examples else 1
         first = [example.text_a for example in examples for _ in example.choices]
         second = [choice for example in examples for choice in example.choices]

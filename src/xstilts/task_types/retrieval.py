@@ -16,6 +16,7 @@ from transformers import PreTrainedTokenizerBase
 from xstilts.errors import XstiltsError
 from xstilts.features import Features, collate, token_budget_batches
 from xstilts.pooling import pool
+from xstilts.task_types.classification import labelled_outcomes
 from xstilts.precision import autocast
 from xstilts.tasks.spec import Example, TaskSpec
 
@@ -25,12 +26,13 @@ class Retrieval:
     file, kept through subsampling)."""
 
     name = "retrieval"
-    metric = "accuracy"
+    metrics = ("accuracy",)
 
     def example(self, spec: TaskSpec, fields: dict[str, Any], label_map: dict[str, str], where: str) -> Example:
         return Example(str(fields["text_a"]), str(fields["text_b"]), -1)
 
-    def featurize(self, examples: list[Example], tokenizer: PreTrainedTokenizerBase, max_length: int) -> Features:
+    def featurize(self, examples: list[Example], tokenizer: PreTrainedTokenizerBase, max_length: int,
+                  spec: TaskSpec, language: str) -> Features:
         """Each example's two sentences, tokenized separately (two sequences per example)."""
         sentences = [text for example in examples for text in (example.text_a, example.text_b)]
         encoded = tokenizer(sentences, truncation=True, max_length=max_length, padding=False)
@@ -39,8 +41,8 @@ class Retrieval:
     def head(self, hidden_size: int, labels: list[str], dropout: float, pooling: str) -> nn.Module:
         raise XstiltsError("a retrieval task has no head and no training data: use it as an evaluation")
 
-    def score(self, predictions: np.ndarray, labels: np.ndarray) -> float:
-        return float((predictions == labels).mean())
+    def outcomes(self, predictions: np.ndarray, features: Features, names: list[str] | None) -> list[dict]:
+        return labelled_outcomes(predictions, features.labels, None)
 
     def retrieve(self, encoder: nn.Module, features: Features, pad_id: int, pooling: str, precision: str,
                  device: torch.device, max_tokens: int = 4096) -> np.ndarray:

@@ -38,7 +38,7 @@ def describe_tasks(registry: TaskRegistry, data_dir: Path | None) -> str:
         languages = " ".join(spec.languages)
         if len(spec.languages) > 8:
             languages = f"{len(spec.languages)}: " + " ".join(spec.languages[:6]) + " ..."
-        lines.append(f"| {name} | {spec.type} | {task_type(spec.type).metric} | {languages} | "
+        lines.append(f"| {name} | {spec.type} | {task_type(spec.type).metrics[0]} | {languages} | "
                      f"{' '.join(spec.splits)} | {_sources(registry, name, data_dir)} |")
     lines += [f"unreadable task file: {error}" for error in registry.broken.values()]
     return "\n".join(lines)

@@ -141,11 +141,36 @@ def _rows(path: Path, source: LocalSource, odd: dict[str, list[int]]) -> Iterato
                 data = json.loads(handle.read())
         except json.JSONDecodeError as error:
             raise XstiltsError(f"{path}:{error.lineno}: invalid JSON ({error.msg})") from None
+        if source.format == "squad":
+            yield from _squad_records(path, data)
+            return
         if not isinstance(data, (dict, list)):
             raise XstiltsError(f"{path}: expected a JSON object or array of records, found {type(data).__name__}")
         records = data.values() if isinstance(data, dict) else data
         for number, record in enumerate(records, start=1):
             yield number, (record, None)
+
+
+def _squad_records(path: Path, data: Any) -> Iterator[tuple[int, Any]]:
+    """(question number, record) for each question of a SQuAD v1.1 JSON file, as the Hub's `squad` has them:
+    id, title, context, question and answers {text: [...], answer_start: [...]}."""
+    number, reached = 0, 1  # the question being read, or the next one while between questions
+    try:
+        for article in data["data"]:
+            for paragraph in article["paragraphs"]:
+                for qa in paragraph["qas"]:
+                    number = reached
+                    answers = qa.get("answers", [])
+                    record = {"id": str(qa.get("id", number)), "title": article.get("title", ""),
+                              "context": paragraph["context"], "question": qa["question"],
+                              "answers": {"text": [a["text"] for a in answers],
+                                          "answer_start": [a["answer_start"] for a in answers]}}
+                    reached = number + 1
+                    yield number, (record, None)
+    except (KeyError, TypeError) as error:
+        missing = f"no {error}" if isinstance(error, KeyError) else str(error)
+        raise XstiltsError(f"{path}: question {reached}: not SQuAD v1.1 JSON (data > paragraphs > qas with "
+                           f"context, question, answers): {missing}") from None
 
 
 def _open_text(path: Path, newline: str | None = None):
@@ -195,9 +220,12 @@ def _field(path: Path, number: int, row: Any, header: list[str] | None, column: 
         if column >= len(row):
             raise XstiltsError(f"{path}:{number}: expected at least {column + 1} columns, found {len(row)}")
         return row[column]
-    if not isinstance(row, dict) or column not in row:
-        raise XstiltsError(f"{path}:{number}: missing field {column!r}")
-    value = row[column]
+    nested = isinstance(column, str) and isinstance(row, dict) and column not in row
+    value = row
+    for part in column.split(".") if nested else [column]:  # `a.b`: field b of the nested record a
+        if not isinstance(value, dict) or part not in value:
+            raise XstiltsError(f"{path}:{number}: missing field {column!r}")
+        value = value[part]
     if value is None:
         raise XstiltsError(f"{path}:{number}: field {column!r} is null")
     return value

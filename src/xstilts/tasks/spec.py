@@ -43,7 +43,8 @@ class LocalSource(StrictModel):
     """Files on disk, relative to the data directory; `{language}` is filled per language in `files` and in
     column names. Columns are header names or 0-based positions (positions work with or without a header)."""
 
-    format: Literal["tsv", "csv", "json", "jsonl", "text"]
+    format: Literal["tsv", "csv", "json", "jsonl", "text", "squad"] = Field(description="squad: SQuAD v1.1 JSON, "
+        "one record per question: id, title, context, question, answers.text, answers.answer_start")
     files: dict[SplitName, str]
     header: bool = True
     quoted: bool = Field(default=False, description="tsv: fields are quoted as Python's csv module writes them "
@@ -96,11 +97,18 @@ class TaskSpec(StrictModel):
     """A task: its type, label set, languages and sources (local files and/or the Hub)."""
 
     name: str
-    type: Literal["classification", "multiple_choice", "retrieval"] = "classification"
+    type: Literal["classification", "multiple_choice", "span_qa", "retrieval", "masked_lm"] = "classification"
     description: str = ""
     labels: list[str] = Field(default_factory=list, description="classification: the label set; multiple "
                               "choice: optional names of the candidates (e.g. A-D) when the file gives names")
     choices: int | None = Field(default=None, ge=2, description="multiple choice: candidates per example")
+    max_length: int | None = Field(default=None, ge=16, description="pieces per sequence for this task, instead of "
+                                   "the run's `max_length` (span QA: a question and a window of its context)")
+    doc_stride: int = Field(default=128, ge=1, description="span QA: pieces shared by consecutive context windows")
+    max_answer_length: int = Field(default=30, ge=1, description="span QA: the longest predicted answer, in pieces")
+    answer_normalization: Literal["squad", "mlqa"] = Field(
+        default="squad", description="span QA: how answers are compared: SQuAD v1.1's (English articles, ASCII "
+        "punctuation, whitespace tokens) or MLQA's (per-language articles, Unicode punctuation, characters for zh)")
     languages: list[str] = Field(default_factory=lambda: ["en"])
     skip_labels: list[str] = Field(default_factory=list)
     override: bool = Field(default=False, description="replace a task of the same name from an earlier folder")
@@ -139,13 +147,16 @@ class TaskSpec(StrictModel):
             raise ValueError("a multiple_choice task needs `choices`: the number of candidates per example")
         required = {"classification": "`text_a` and `label` (or give `labels_from`)",
                     "multiple_choice": "`context`, `choices` and `label`",
+                    "span_qa": "`context`, `question`, `answer_text` and `answer_start`",
+                    "masked_lm": "`text_a` (a sentence or paragraph)",
                     "retrieval": "`text_a` (a sentence) and `text_b` (its English translation)"}[self.type]
         for source in (self.local, self.hub):
             if source is None:
                 continue
             has_labels = "label" in source.columns or getattr(source, "labels_from", None) is not None \
-                or self.type == "retrieval"
+                or self.type in ("retrieval", "span_qa", "masked_lm")
             text = {"classification": ["text_a"], "multiple_choice": ["context", "choices"],
+                    "span_qa": ["context", "question", "answer_text", "answer_start"], "masked_lm": ["text_a"],
                     "retrieval": ["text_a", "text_b"]}[self.type]
             if not all(name in source.columns for name in text) or not has_labels:
                 raise ValueError(f"columns must map at least {required}")
@@ -164,9 +175,12 @@ class TaskSpec(StrictModel):
 @dataclass(frozen=True)
 class Example:
     """One labelled example: a text or a text pair and the index of its label; for multiple choice, the
-    context and its candidates, the label the index of the right one."""
+    context and its candidates, the label the index of the right one; for span QA, the question (text_a),
+    the context (text_b), its gold answers (text, first character in the context) and its id (`key`)."""
 
     text_a: str
     text_b: str | None
     label: int
     choices: tuple[str, ...] = ()
+    answers: tuple[tuple[str, int], ...] = ()
+    key: str = ""
