@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import tempfile
@@ -109,7 +110,8 @@ def run_reference() -> dict:
     model = AutoModelForQuestionAnswering.from_pretrained(path)
     with tempfile.TemporaryDirectory() as output:
         arguments = TrainingArguments(output, per_device_train_batch_size=BATCH, per_device_eval_batch_size=32,
-                                      learning_rate=LR, num_train_epochs=EPOCHS, warmup_ratio=WARMUP,
+                                      learning_rate=LR, num_train_epochs=EPOCHS,
+                                      warmup_steps=int(WARMUP * math.ceil(EPOCHS * len(train) / BATCH)),
                                       weight_decay=DECAY, seed=SEED, save_strategy="no", report_to=[],
                                       logging_steps=20, use_cpu=not torch.cuda.is_available())
         trainer = Trainer(model=model, args=arguments, train_dataset=train,
@@ -132,15 +134,15 @@ def main() -> None:
     parser.add_argument("--xstilts-run", type=Path, help="a finished run of configs/tydiqa-en.yaml (else one is run)")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "qa.json")
     args = parser.parse_args()
+    reference = run_reference()
     run_dir = args.xstilts_run or ROOT / "runs" / "bench-qa"
     if not (run_dir / "metrics.json").exists():
         subprocess.run([sys.executable, "-m", "xstilts.cli", "run", str(CONFIG), "--output", str(run_dir),
                         "--data-dir", str(DATA_DIR)], check=True)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    target = json.loads((run_dir / "target" / "result.json").read_text())
     xquad = json.loads((run_dir / "eval-xquad-test" / "result.json").read_text())["languages"]["en"]["scores"]
     xstilts = {"f1": 100 * xquad["f1"], "exact_match": 100 * xquad["exact_match"],
-               "train_seconds": metrics.get("target", {}).get("metrics", {}).get("seconds")}
-    reference = run_reference()
+               "train_windows": sum(target["train_examples"].values()), "train_seconds": target["seconds"]}
     write_results(args.output, {
         "task": "tydiqa en train -> xquad en test", "config": str(CONFIG.relative_to(ROOT)),
         "xstilts": xstilts, "reference_hf_qa": reference,
