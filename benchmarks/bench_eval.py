@@ -65,7 +65,7 @@ def main() -> None:
         labels = np.array([r.label for r in rows])
         ref_predictions, ref_seconds = reference_predict(reference, ctx.tokenizer, rows)
         started = time.perf_counter()
-        features = CLASSIFICATION.featurize(rows, ctx.tokenizer, MAX_LENGTH)
+        features = CLASSIFICATION.featurize(rows, ctx.tokenizer, MAX_LENGTH, ctx.registry.get("xnli"), language)
         ours = predict(model, args.head, features, ctx.tokenizer.pad_token_id, ctx.precision, ctx.device)
         seconds["xstilts"] += time.perf_counter() - started
         seconds["reference"] += ref_seconds

@@ -86,7 +86,7 @@ def test_long_contexts_become_overlapping_windows_that_map_back_to_the_answer(tm
     predictions = np.full((len(features), 4, N_BEST), -1.0)
     predictions[:, 1] = predictions[:, 3] = -100.0
     for window, (start, end) in enumerate(features.labels):
-        first = 1 + int(np.flatnonzero([o is not None for o in features.spans.offsets[window]])[0])
+        first = 1 + int(np.flatnonzero(features.spans.offsets[window][:, 0] >= 0)[0])
         chosen = (start, end, 5.0) if start else (first, first, 1.0)  # elsewhere: a context piece, lower score
         predictions[window, :, 0] = [chosen[0], chosen[2], chosen[1], chosen[2]]
     outcomes = SPAN_QA.outcomes(predictions, features, None)
@@ -98,6 +98,7 @@ def test_long_contexts_become_overlapping_windows_that_map_back_to_the_answer(tm
     (lambda q: q["answers"][0].update(answer_start=3), "is not at its offset 3"),
     (lambda q: q.update(answers=[]), "no gold answer"),
     (lambda q: q.pop("question"), "not SQuAD v1.1 JSON"),
+    (lambda q: q["answers"][0].update(text=" ", answer_start=5), "an empty gold answer"),
 ])
 def test_bad_span_qa_rows_stop_in_one_line_naming_file_and_question(tmp_path, change, problem):
     train = _find_rows(5, 1)
@@ -123,3 +124,14 @@ def test_the_local_tydiqa_and_xquad_copies_read_with_gold_answers(shared_data_di
     data = read_split(load_registry().get(task), split, language, shared_data_dir)
     assert len(data.examples) == questions
     assert all(e.answers and e.text_b[s:s + len(t)] == t for e in data.examples for t, s in e.answers)
+
+
+def test_a_question_too_long_for_its_windows_stops_in_one_line(tmp_path, tiny_model_dir):
+    rows = _find_rows(3, 1)
+    rows["data"][0]["paragraphs"][2]["qas"][0]["question"] = " ".join(WORDS * 8)
+    tasks, data = _task(tmp_path, rows, _find_rows(4, 2))
+    spec = load_registry([tasks]).get("find")
+    with pytest.raises(XstiltsError) as excinfo:
+        SPAN_QA.featurize(read_split(spec, "train", "en", data).examples, AutoTokenizer.from_pretrained(tiny_model_dir),
+                          64, spec, "en")
+    one_line_error(excinfo, "'q2'", "leaves no room for its context", "raise the task's max_length")

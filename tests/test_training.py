@@ -374,7 +374,7 @@ def test_checkpoint_average_is_the_mean_of_the_snapshots(tmp_path, ctx):
     # its dev accuracy is measured and reported
     model = MultiHeadModel(load_encoder(ctx.model), {"mnli": NLI_HEAD})
     model.load_state_dict(mean)
-    expected = CLASSIFICATION.score(predict(model, "mnli", dev, ctx.tokenizer.pad_token_id, "fp32", torch.device("cpu")), dev.labels)
+    expected = float((predict(model, "mnli", dev, ctx.tokenizer.pad_token_id, "fp32", torch.device("cpu")) == dev.labels).mean())
     assert averaged["average_dev"] == expected
 
 

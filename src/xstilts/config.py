@@ -31,6 +31,12 @@ class EvalData(TaskData):
 
     split: SplitName = "test"
 
+    @model_validator(mode="after")
+    def _no_loss_weight(self) -> EvalData:
+        if self.loss_weight != 1.0:
+            raise ValueError("loss_weight weighs a training task's loss; an evaluation has none")
+        return self
+
 
 class TrainConfig(StrictModel):
     """Optimisation settings of one training phase."""

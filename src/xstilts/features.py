@@ -15,13 +15,13 @@ class SpanWindows:
     lie in its question's context."""
 
     question: np.ndarray  # per window: the index of its question in `contexts`
-    offsets: list[list[tuple[int, int] | None]]  # per window and token: its characters in the context, or None
+    offsets: list[np.ndarray]  # per window, (pieces, 2) int32: each piece's characters in the context, -1 outside
     contexts: list[str]
     answers: list[tuple[str, ...]]  # per question: the gold answer texts
     keys: list[str]  # per question: its id in the data file
-    max_answer_length: int  # in tokens, for predictions
+    languages: list[str]  # per question: its language (answers are normalised per language)
+    max_answer_length: int  # in pieces, for predictions
     normalization: str  # how answers are compared (see `xstilts.qa_metrics`)
-    language: str
 
     def subset(self, indices: np.ndarray) -> SpanWindows:
         return replace(self, question=self.question[indices], offsets=[self.offsets[i] for i in indices])
@@ -31,7 +31,8 @@ class SpanWindows:
         shifts = np.cumsum([0] + [len(p.contexts) for p in parts[:-1]])
         return replace(parts[0], question=np.concatenate([p.question + shift for p, shift in zip(parts, shifts)]),
                        offsets=[o for p in parts for o in p.offsets], contexts=[c for p in parts for c in p.contexts],
-                       answers=[a for p in parts for a in p.answers], keys=[k for p in parts for k in p.keys])
+                       answers=[a for p in parts for a in p.answers], keys=[k for p in parts for k in p.keys],
+                       languages=[language for p in parts for language in p.languages])
 
 
 @dataclass

@@ -54,6 +54,7 @@ class Context:
     tokenizer: PreTrainedTokenizerBase
     pooling: str = "mean"
     trim_vocab: bool = True
+    max_positions: int | None = None  # the longest sequence the model encodes, where its config says
     tokenize_seconds: float = 0.0  # reading and tokenizing splits, summed over this context's life
     _splits: dict = field(default_factory=dict)
 
@@ -71,12 +72,13 @@ class Context:
             raise XstiltsError(f"{model}: cannot load this model (no such directory, an unknown Hub name, or "
                                f"missing or damaged files): {first}") from None
         positions = getattr(config, "max_position_embeddings", None)
+        limit = None
         if positions:
             limit = positions - 2 if config.model_type in ("xlm-roberta", "roberta", "camembert") else positions
             if max_length > limit:
                 raise XstiltsError(f"max_length {max_length} exceeds what {model} can encode ({limit} pieces)")
         return cls(path, registry, data_dir, max_length, resolve_precision(precision, device), device, tokenizer,
-                   pooling)
+                   pooling, max_positions=limit)
 
     def split(self, task: str, split: str, language: str, source: str = "auto") -> tuple[SplitData, Features]:
         """Rows of one task/split/language, read and tokenized once per context."""
@@ -84,6 +86,9 @@ class Context:
         if key not in self._splits:
             started = time.perf_counter()
             spec = self.registry.get(task)
+            if spec.max_length and self.max_positions and spec.max_length > self.max_positions:
+                raise XstiltsError(f"task {task!r}: max_length {spec.max_length} exceeds what {self.model} can encode "
+                                   f"({self.max_positions} pieces)")
             data = read_split(spec, split, language, self.data_dir, source)
             self._splits[key] = (data, task_type(spec.type).featurize(
                 data.examples, self.tokenizer, spec.max_length or self.max_length, spec, language))
@@ -223,7 +228,8 @@ def train_node(ctx: Context, out_dir: Path, *, tasks: list[TaskData], train: Tra
     for data in tasks:
         features, splits = ctx.rows(data, seed)
         dev = None
-        if "dev" in ctx.registry.get(data.task).splits and data.split != "dev":
+        spec = ctx.registry.get(data.task)
+        if "dev" in spec.splits and data.split != "dev" and spec.type != "masked_lm":  # masked LM: no selection
             dev_rows = data.model_copy(update={"max_examples": train.dev_max_examples})
             dev, dev_splits = ctx.rows(dev_rows, EVAL_SUBSAMPLE_SEED, split="dev")
             splits += dev_splits
@@ -269,7 +275,9 @@ def train_node(ctx: Context, out_dir: Path, *, tasks: list[TaskData], train: Tra
     for leftover in (CHECKPOINT_DIR, BEST_DIR):
         shutil.rmtree(out_dir / leftover, ignore_errors=True)
     return _finish(out_dir, {
-        "kind": "train", "tasks": [d.model_dump() for d in tasks], "train_examples": {t.head: len(t.train) for t in train_tasks},
+        "kind": "train", "tasks": [d.model_dump() for d in tasks],
+        # what a cap counts: examples (a span-QA question, not its windows; a distinct text)
+        "train_examples": {t.head: len(np.unique(t.train.units)) for t in train_tasks},
         "seed": seed, "precision": ctx.precision, "data": provenance, "metrics": metrics,
         **clock.result(), "peak_rss_mb": round(peak_rss_mb(), 1),
     })

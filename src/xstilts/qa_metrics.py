@@ -5,6 +5,7 @@ score is its best over its gold answers, as both official scripts compute it."""
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 import sys
@@ -12,8 +13,6 @@ import unicodedata
 from collections import Counter
 
 ASCII_PUNCTUATION = frozenset(string.punctuation)
-UNICODE_PUNCTUATION = frozenset(chr(i) for i in range(sys.maxunicode) if unicodedata.category(chr(i)).startswith("P")) \
-    | ASCII_PUNCTUATION
 MLQA_ARTICLES = {
     "en": r"\b(a|an|the)\b", "es": r"\b(un|una|unos|unas|el|la|los|las)\b", "vi": r"\b(của|là|cái|chiếc|những)\b",
     "de": r"\b(ein|eine|einen|einem|eines|einer|der|die|das|den|dem|des)\b", "ar": r"\sال^|ال",
@@ -22,11 +21,18 @@ CHARACTER_LANGUAGES = frozenset({"zh"})  # MLQA compares Chinese character by ch
 _CJK = re.compile(r"[\u4e00-\u9fa5]")
 
 
+@functools.cache
+def unicode_punctuation() -> frozenset[str]:
+    """Every Unicode punctuation character (categories P*) and ASCII punctuation, as MLQA removes them."""
+    return frozenset(chr(i) for i in range(sys.maxunicode) if unicodedata.category(chr(i)).startswith("P")) \
+        | ASCII_PUNCTUATION
+
+
 def _characters_and_words(text: str) -> list[str]:
     """MLQA's mixed segmentation: each CJK character or punctuation mark a token, other runs split at spaces."""
     tokens, run = [], ""
     for char in text:
-        if _CJK.search(char) or char in UNICODE_PUNCTUATION:
+        if _CJK.search(char) or char in unicode_punctuation():
             tokens += run.split()
             run = ""
             tokens.append(char)
@@ -36,12 +42,14 @@ def _characters_and_words(text: str) -> list[str]:
 
 
 def answer_tokens(text: str, normalization: str = "squad", language: str = "en") -> list[str]:
-    """The normalised tokens of an answer."""
+    """The normalised tokens of an answer. MLQA's normalisation knows articles of en es vi de ar and splits zh
+    into characters; other languages (where the official MLQA script stops) keep whitespace tokens and their
+    articles."""
     text = text.lower()
     if normalization == "squad":
         text = "".join(char for char in text if char not in ASCII_PUNCTUATION)
         return re.sub(r"\b(a|an|the)\b", " ", text).split()
-    text = "".join(char for char in text if char not in UNICODE_PUNCTUATION)
+    text = "".join(char for char in text if char not in unicode_punctuation())
     if language in MLQA_ARTICLES:
         text = re.sub(MLQA_ARTICLES[language], " ", text)
     tokens = _characters_and_words(text) if language in CHARACTER_LANGUAGES else text.split()

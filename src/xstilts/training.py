@@ -252,7 +252,8 @@ def _train(model: MultiHeadModel, tasks: list[TrainTask], config: TrainConfig, o
             batch = collate(task.train, mine, pad_id, config.pad_to_multiple)
             if task.masking is not None:  # a fresh draw per micro-batch, reproducible on resume
                 micro_index = state.step * config.grad_accumulation + micro
-                batch = mask(batch, task.masking, torch.Generator().manual_seed(seed * 1_000_003 + micro_index))
+                draw = (seed * 1_000_003 + micro_index) * 1_009 + ranks.rank
+                batch = mask(batch, task.masking, torch.Generator().manual_seed(draw))
             batch = {key: value.to(device) for key, value in batch.items()}
             labels = batch.pop("labels")
             with autocast(precision, device):

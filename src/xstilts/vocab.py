@@ -3,7 +3,9 @@ the pieces a phase's data actually contains. Its gradient and AdamW update then 
 the full matrix (384 MB in fp32) waits on disk instead of in memory while the phase trains.
 
 Outputs for text made of those pieces are identical to the untrimmed model's; the rows a phase never
-sees are left exactly as they were (full-vocabulary AdamW would only shrink them by weight decay)."""
+sees are left exactly as they were (full-vocabulary AdamW would only shrink them by weight decay). The one
+exception is masked LM, whose tied decoder then scores the kept pieces only: its softmax runs over the phase's
+vocabulary, which depends on every task of the phase."""
 
 from __future__ import annotations
 

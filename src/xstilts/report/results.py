@@ -149,7 +149,10 @@ def _typed(table: pd.DataFrame, path: Path) -> pd.DataFrame:
         raise XstiltsError(f"{path}: no rows")
     for column in COLUMNS:
         if column not in table.columns:
-            raise XstiltsError(f"{path}: missing column {column!r}")
+            hint = ("; a table written before results named their metric (`accuracy` column): run `xstilts study` "
+                    "again to rewrite it (its evaluations are scored again, trained phases stay cached)"
+                    if column in ("metric", "score") and "accuracy" in table.columns else "")
+            raise XstiltsError(f"{path}: missing column {column!r}{hint}")
     for column, (_, _, default) in OPTIONAL.items():
         if column not in table.columns:
             table[column] = default

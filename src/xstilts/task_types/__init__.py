@@ -30,7 +30,8 @@ class TaskType(Protocol):
         """Token ids of one language's examples, unpadded."""
 
     def head(self, hidden_size: int, labels: list[str], dropout: float, pooling: str) -> nn.Module:
-        """A fresh head: `forward(hidden, attention_mask, choices)` -> logits."""
+        """A fresh head: `forward(hidden, attention_mask, choices, **head_inputs)` -> logits (`head_inputs`: the
+        batch entries of `model.HEAD_INPUTS`, e.g. masked LM's `masked`)."""
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The loss summed over the batch's examples."""
@@ -39,8 +40,9 @@ class TaskType(Protocol):
         """One prediction per feature row (a tensor row per example, or per window for span QA)."""
 
     def outcomes(self, predictions: np.ndarray, features: Features, names: list[str] | None) -> list[dict]:
-        """One record per example: its index, gold and prediction (label `names` where the task has them) and
-        its value of every metric (`item_column(metric)`), as the predictions file keeps it."""
+        """One record per example: its index (the same item in every run of the evaluation: a row of the fixed
+        subsample, or a span-QA question's place in its data), gold and prediction (label `names` where the task
+        has them) and its value of every metric (`item_column(metric)`), as the predictions file keeps it."""
 
 
 def item_column(metric: str) -> str:

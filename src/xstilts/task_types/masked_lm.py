@@ -8,7 +8,8 @@ is BERT's prediction head: dense -> GELU -> LayerNorm, then the word-embedding m
 the transform starts fresh. With frozen word embeddings (`freeze_embeddings`, the default) the tied decoder
 stays the pretrained matrix and only the encoder and the transform learn. With vocabulary trimming the
 decoder scores the kept pieces only and random replacements are drawn from them; the saved model has the full
-vocabulary, rows of pieces the phase never saw equal to the pretrained ones. Repeated texts are read once."""
+vocabulary, rows of pieces the phase never saw equal to the pretrained ones. Repeated texts are read once; a
+text longer than the phase's `max_length` becomes consecutive sequences."""
 
 from __future__ import annotations
 
@@ -39,8 +40,11 @@ class Pieces:
     @classmethod
     def of(cls, tokenizer: PreTrainedTokenizerBase, to_model: np.ndarray | None = None) -> Pieces:
         """From the tokenizer's ids, mapped by `to_model` (full id -> trimmed id, -1 if not kept) if given."""
+        if tokenizer.mask_token_id is None:
+            raise XstiltsError(f"{type(tokenizer).__name__}: the tokenizer has no mask piece; masked LM needs one")
         special = set(tokenizer.all_special_ids)
-        full = np.array([i for i in range(len(tokenizer)) if i not in special])
+        size = len(tokenizer) if to_model is None else min(len(tokenizer), len(to_model))
+        full = np.array([i for i in range(size) if i not in special])
         if to_model is None:
             return cls(tokenizer.mask_token_id, torch.from_numpy(full))
         kept = to_model[full]
@@ -99,9 +103,13 @@ class MaskedLM:
 
     def featurize(self, examples: list[Example], tokenizer: PreTrainedTokenizerBase, max_length: int,
                   spec: TaskSpec, language: str) -> Features:
+        """Each distinct text once; a text longer than `max_length` pieces becomes consecutive sequences."""
         texts = list(dict.fromkeys(example.text_a for example in examples))
-        encoded = tokenizer(texts, truncation=True, max_length=max_length, padding=False)
-        return Features(encoded["input_ids"], None, np.zeros(len(texts), dtype=np.int64))
+        width = max_length - 2
+        sequences = [[tokenizer.cls_token_id, *ids[start:start + width], tokenizer.sep_token_id]
+                     for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]
+                     for start in range(0, max(len(ids), 1), width)]
+        return Features(sequences, None, np.zeros(len(sequences), dtype=np.int64))
 
     def head(self, hidden_size: int, labels: list[str], dropout: float, pooling: str) -> nn.Module:
         return MaskedLMHead(hidden_size)

@@ -59,6 +59,8 @@ class SpanQA:
             raise XstiltsError(f"{where}: answer_text and answer_start must be lists of the same length")
         if not texts:
             raise XstiltsError(f"{where}: no gold answer")
+        if any(not str(text).strip() for text in texts):
+            raise XstiltsError(f"{where}: an empty gold answer")
         answers = []
         for text, start in zip(texts, starts):
             if not isinstance(start, int) or context[start:start + len(str(text))] != str(text):
@@ -77,21 +79,28 @@ class SpanQA:
         if spec.doc_stride >= max_length // 2:
             raise XstiltsError(f"task {spec.name!r}: doc_stride {spec.doc_stride} must be below half of max_length "
                                f"{max_length}")
-        encoded = tokenizer([e.text_a.lstrip() for e in examples], [e.text_b for e in examples],
-                            truncation="only_second", max_length=max_length, stride=spec.doc_stride,
-                            return_overflowing_tokens=True, return_offsets_mapping=True, padding=False)
+        questions = [e.text_a.lstrip() for e in examples]
+        room = max_length - spec.doc_stride - 4  # special pieces around and between the two texts
+        for example, pieces in zip(examples, tokenizer(questions, add_special_tokens=False)["input_ids"]):
+            if len(pieces) > room:
+                raise XstiltsError(f"task {spec.name!r} ({language}): question {example.key or example.text_a[:40]!r} "
+                                   f"has {len(pieces)} pieces, which leaves no room for its context in {max_length}-"
+                                   f"piece windows with doc_stride {spec.doc_stride}; raise the task's max_length")
+        encoded = tokenizer(questions, [e.text_b for e in examples], truncation="only_second", max_length=max_length,
+                            stride=spec.doc_stride, return_overflowing_tokens=True, return_offsets_mapping=True,
+                            padding=False)
         question = np.asarray(encoded["overflow_to_sample_mapping"], dtype=np.int64)
         offsets, labels = [], np.zeros((len(question), 2), dtype=np.int64)
         for window, owner in enumerate(question):
-            in_context = [sequence == 1 for sequence in encoded.sequence_ids(window)]
-            spans = [tuple(span) if inside else None for span, inside in zip(encoded["offset_mapping"][window], in_context)]
+            spans = np.asarray(encoded["offset_mapping"][window], dtype=np.int32).reshape(-1, 2)
+            spans[[sequence != 1 for sequence in encoded.sequence_ids(window)]] = -1
             offsets.append(spans)
             labels[window] = _target(spans, examples[owner].answers[0])
         types = encoded.get("token_type_ids")
         uses_types = types is not None and any(any(row) for row in types)
         windows = SpanWindows(question, offsets, [e.text_b for e in examples],
                               [tuple(text for text, _ in e.answers) for e in examples], [e.key for e in examples],
-                              spec.max_answer_length, spec.answer_normalization, language)
+                              [language] * len(examples), spec.max_answer_length, spec.answer_normalization)
         return Features(encoded["input_ids"], types if uses_types else None, labels, 1, windows)
 
     def head(self, hidden_size: int, labels: list[str], dropout: float, pooling: str) -> nn.Module:
@@ -128,36 +137,34 @@ class SpanQA:
             text, gold = best[owner][1], list(spans.answers[owner])
             rows.append({"index": owner, "id": spans.keys[owner], "answers": json.dumps(gold, ensure_ascii=False),
                          "prediction": text,
-                         "exact_match": qa_metrics.exact_match(text, gold, spans.normalization, spans.language),
-                         "f1": qa_metrics.f1(text, gold, spans.normalization, spans.language)})
+                         "exact_match": qa_metrics.exact_match(text, gold, spans.normalization, spans.languages[owner]),
+                         "f1": qa_metrics.f1(text, gold, spans.normalization, spans.languages[owner])})
         return rows
 
 
-def _target(offsets: list[tuple[int, int] | None], answer: tuple[str, int]) -> tuple[int, int]:
+def _target(offsets: np.ndarray, answer: tuple[str, int]) -> tuple[int, int]:
     """The first and last piece of the answer in a window, or (0, 0) when it is not wholly inside."""
     text, start = answer
     end = start + len(text)
-    inside = [i for i, span in enumerate(offsets) if span is not None]
-    if offsets[inside[0]][0] > start or offsets[inside[-1]][1] < end:
+    inside = np.flatnonzero(offsets[:, 0] >= 0)
+    if offsets[inside[0], 0] > start or offsets[inside[-1], 1] < end:
         return 0, 0
-    first = max(i for i in inside if offsets[i][0] <= start)
-    last = min(i for i in inside if offsets[i][1] >= end)
-    return first, last
+    return int(inside[offsets[inside, 0] <= start][-1]), int(inside[offsets[inside, 1] >= end][0])
 
 
-def _best_span(candidates: np.ndarray, offsets: list[tuple[int, int] | None], context: str,
-               max_answer_length: int) -> tuple[float, str]:
+def _best_span(candidates: np.ndarray, offsets: np.ndarray, context: str, max_answer_length: int) -> tuple[float, str]:
     """The best valid span of one window's candidates: (score, text); (-inf, '') if none is valid."""
     best = (-float("inf"), "")
     starts, start_scores, ends, end_scores = candidates
+    valid = lambda piece: 0 <= piece < len(offsets) and offsets[piece, 0] >= 0  # noqa: E731
     for start, start_score in zip(starts.astype(int), start_scores):
-        if start < 0 or start >= len(offsets) or offsets[start] is None:
+        if not valid(start):
             continue
         for end, end_score in zip(ends.astype(int), end_scores):
-            if end < start or end >= len(offsets) or offsets[end] is None or end - start + 1 > max_answer_length:
+            if end < start or end - start + 1 > max_answer_length or not valid(end):
                 continue
             if start_score + end_score > best[0]:
-                best = (float(start_score + end_score), context[offsets[start][0]:offsets[end][1]])
+                best = (float(start_score + end_score), context[offsets[start, 0]:offsets[end, 1]])
     return best
 
 
