@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA_DIR, examples, write_results  # noqa: E402
+from common import DATA_DIR, examples, predict_in_order, write_results  # noqa: E402
 
 from xstilts import qa_metrics  # noqa: E402
 
@@ -124,11 +124,7 @@ def run_reference() -> dict:
         train_seconds = time.perf_counter() - started
         rows = examples("xquad", "test", "en")
         features, owners, offsets = eval_features(tokenizer, rows)
-        # a Trainer set to group by length also reorders prediction batches (transformers 5.24): predict in order
-        ordered = Trainer(model=model, args=TrainingArguments(output, per_device_eval_batch_size=32, report_to=[],
-                                                              use_cpu=not torch.cuda.is_available()),
-                          data_collator=DataCollatorWithPadding(tokenizer))
-        logits = ordered.predict(datasets.Dataset.from_dict(features)).predictions
+        logits = predict_in_order(model, datasets.Dataset.from_dict(features), DataCollatorWithPadding(tokenizer))
     predictions = postprocess(rows, owners, offsets, *logits)
     gold = [[text for text, _ in row.answers] for row in rows]
     return {"f1": 100 * float(np.mean([qa_metrics.f1(p, g) for p, g in zip(predictions, gold)])),

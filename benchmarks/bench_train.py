@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (DATA_DIR, TrainerAdapter, accuracy, examples, fresh_model,  # noqa: E402
-                    matmul_peak_tflops, non_embedding_parameters, write_results)
+                    matmul_peak_tflops, non_embedding_parameters, predict_in_order, write_results)
 
 from xstilts.memory import peak_rss_mb  # noqa: E402
 
@@ -72,7 +72,7 @@ def run_reference(steps: int, seed: int, setup: str = "reference") -> dict:
         collator = DataCollatorWithPadding(tokenizer) if not options["padding"] else None
         trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=collator)
         seconds = trainer.train().metrics["train_runtime"]
-        dev_predictions = trainer.predict(dev).predictions.argmax(-1)
+        dev_predictions = predict_in_order(model, dev, collator).argmax(-1)
     seen = steps * BATCH
     real_tokens = float(np.mean([sum(mask) for mask in train["attention_mask"]]) * seen)
     padded = seen * MAX_LENGTH if options["padding"] else real_tokens

@@ -71,3 +71,16 @@ def write_results(path: Path, results: dict) -> None:
 
 def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
     return float((np.asarray(predictions) == np.asarray(labels)).mean())
+
+
+def predict_in_order(model: torch.nn.Module, dataset, collator) -> np.ndarray:
+    """`Trainer.predict` in the dataset's order. A Trainer set to group batches by length also reorders its
+    prediction batches (transformers 5.24), so predictions are taken with a plain one."""
+    import tempfile
+
+    from transformers import Trainer, TrainingArguments
+
+    with tempfile.TemporaryDirectory() as output:
+        arguments = TrainingArguments(output, per_device_eval_batch_size=32, report_to=[],
+                                      use_cpu=not torch.cuda.is_available())
+        return Trainer(model=model, args=arguments, data_collator=collator).predict(dataset).predictions
