@@ -469,8 +469,10 @@ def test_carry_with_two_matching_heads_is_an_error(ctx, tmp_path):
     train_node(ctx, parent, tasks=[TaskData(task="snli", max_examples=16), TaskData(task="rte", max_examples=16),
                                    TaskData(task="mnli", split="dev", max_examples=16)], train=train, seed=2)
     assert set(json.loads((parent / HEADS_FILE).read_text())) == {"snli", "rte", "mnli"}
+    # the parent's head of the same name and labels is the one carried; without one, two matches are an error
+    assert _carried_heads(parent, {"mnli": NLI_HEAD}) == {"mnli": "mnli"}
     with pytest.raises(XstiltsError) as excinfo:
-        _carried_heads(parent, {"mnli": NLI_HEAD})
+        _carried_heads(parent, {"anli": NLI_HEAD})
     assert "'snli'" in str(excinfo.value) and "'mnli'" in str(excinfo.value)
     # naming the head to carry settles it; a name of a head with other labels, or of no head, is one line
     assert _carried_heads(parent, {"mnli": NLI_HEAD}, "snli") == {"mnli": "snli"}
