@@ -11,11 +11,12 @@ import torch
 from safetensors.torch import load_file
 
 from xstilts.config import TaskData, TrainConfig
+from xstilts.embedded_model import ensure_default_model
 from xstilts.errors import XstiltsError
 from xstilts.features import Features, collate
-from xstilts.model import WEIGHTS_FILE, load_encoder
+from xstilts.model import WEIGHTS_FILE, HeadSpec, MultiHeadModel, load_encoder, load_trained
 from xstilts.phases import Context, check_plan, train_node
-from xstilts.task_types.masked_lm import IGNORED, Pieces, mask
+from xstilts.task_types.masked_lm import IGNORED, SHARED_HEAD, Pieces, mask
 from xstilts.tasks import load_registry
 from xstilts.vocab import VocabTrim
 from helpers import one_line_error
@@ -73,6 +74,51 @@ def test_the_saved_model_has_the_full_vocabulary_with_untouched_rows_pretrained(
     untouched = np.setdiff1d(np.arange(len(saved)), [*seen, *ctx.tokenizer.all_special_ids])
     assert torch.equal(saved[untouched], pretrained[untouched])
     assert not torch.allclose(saved[seen], pretrained[seen])  # the rows it trained did move (tied decoder)
+
+
+def _masked_accuracy(model: MultiHeadModel, held_out: Features, pieces: Pieces, pad_id: int) -> tuple[int, int]:
+    """(right, masked) over held-out sequences, masked by one fixed draw so that every model sees the same."""
+    model.eval()
+    generator, right, total = torch.Generator().manual_seed(7), 0, 0
+    with torch.no_grad():
+        for start in range(0, len(held_out), 32):
+            rows = np.arange(start, min(start + 32, len(held_out)))
+            batch = mask(collate(held_out, rows, pad_id), pieces, generator)
+            labels = batch.pop("labels")
+            labels = labels[labels != IGNORED]
+            right += int((model(SHARED_HEAD, **batch).argmax(-1) == labels).sum())
+            total += len(labels)
+    return right, total
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("single_thread")
+def test_masked_piece_accuracy_on_held_out_text_rises_during_training(tmp_path, shared_data_dir):
+    """The real embedded model, masked LM on Swahili, Urdu and Indonesian text (XNLI dev and IndoNLI train
+    premises; both sources train one shared head), scored on held-out Swahili and Indonesian paragraphs (TyDiQA
+    dev) with the fresh head, after 40 steps and after 40 more (the head carried). Measured: 0, 78 and 99 of
+    2,137 masked pieces right (0%, 3.7%, 4.6%; lr 1e-4, batch 16, 64 pieces, vocabulary trimmed, one thread). The
+    most frequent piece of that text, ",", is 3.1% of it: after 80 steps the head beats always guessing it."""
+    ensure_default_model()
+    ctx = Context.create("embedded", load_registry(), shared_data_dir, 64, "fp32")
+    held_out = ctx.rows(TaskData(task="text-tydiqa-dev", languages=["sw", "id"], max_examples=300), 0)[0]
+    pieces, pad = Pieces.of(ctx.tokenizer), ctx.tokenizer.pad_token_id
+    text = [TaskData(task="text-xnli", languages=["sw", "ur"], max_examples=320),
+            TaskData(task="text-indonli", max_examples=320)]
+    train = TrainConfig(max_steps=40, batch_size=16, lr=1e-4, warmup_ratio=0.0)
+    torch.manual_seed(1)
+    fresh = MultiHeadModel(load_encoder(ctx.model), {SHARED_HEAD: HeadSpec("masked_lm")})
+    counts = [_masked_accuracy(fresh, held_out, pieces, pad)]
+    first = train_node(ctx, tmp_path / "first", tasks=text, train=train, seed=1)
+    assert first["train_examples"] == {"text-xnli": 320, "text-indonli": 320}
+    counts.append(_masked_accuracy(load_trained(ctx.model, tmp_path / "first"), held_out, pieces, pad))
+    train_node(ctx, tmp_path / "second", tasks=text, train=train, seed=2, parent=tmp_path / "first",
+               carry="encoder_and_head")
+    counts.append(_masked_accuracy(load_trained(ctx.model, tmp_path / "second"), held_out, pieces, pad))
+    (right_0, total), (right_40, _), (right_80, _) = counts
+    assert total > 1500, counts
+    assert right_0 < right_40 < right_80, counts
+    assert right_80 - right_40 > 10 and right_80 / total > 0.035, counts  # beyond a few lucky pieces, and a constant
 
 
 def test_masked_lm_is_trained_only_not_a_target_or_an_evaluation(shared_data_dir):

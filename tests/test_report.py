@@ -199,6 +199,26 @@ def test_a_graded_metric_is_named_and_its_item_values_analysed(tmp_path: Path) -
         assert "F1" in labels and "accuracy" not in labels, (kind, labels)
 
 
+def test_masked_lm_arms_are_a_group_and_the_pieces_each_arm_consumed_are_stated(tmp_path: Path) -> None:
+    """Labelled English, labelled low-resource, mixed and masked-LM arms, all capped at 1,000 examples: the report
+    compares the four groups with the baseline and lists the pieces each arm consumed, which size matching by
+    examples leaves unmatched."""
+    arms = [ARMS[0], ("snli", "english", "en", True, 1000, 0.05), ("indonli", "low-resource", "id", True, 1000, 0.02),
+            ("indonli-mlm", "mixed", "id;sw;ur", True, 2000, 0.03), ("mlm", "mlm", "id;sw;ur", True, 1000, 0.0)]
+    study = make_study(tmp_path, arms=arms)
+    pieces = {"baseline": 0, "snli": 31_000, "indonli": 52_000, "indonli-mlm": 80_000, "mlm": 28_000}
+    table = pd.read_csv(study / "results.csv", keep_default_na=False)
+    table["intermediate_pieces"] = table["arm"].map(pieces)
+    table.to_csv(study / "results.csv", index=False)
+    markdown = (write_report(study).parent / "report.md").read_text()
+    header = next(line for line in markdown.splitlines() if line.startswith("| language |"))
+    assert [cell.strip() for cell in header.strip("|").split("|")][1:5] == \
+        ["English arms", "Low-resource arms", "Mixed arms", "Masked-LM arms"], header
+    mlm_row = next(line for line in markdown.splitlines() if line.startswith("| mlm | mlm |"))
+    assert "| 1,000 | 28,000 |" in mlm_row, mlm_row
+    assert "tokenizer pieces: mlm 28,000, snli 31,000, indonli 52,000, indonli-mlm 80,000" in markdown
+
+
 def test_bad_graded_item_values_are_named(tmp_path: Path) -> None:
     study = make_study(tmp_path, ARMS[:2], seeds=[1], metric="f1")
     predictions = study / pd.read_csv(study / "results.csv")["predictions"][0]

@@ -30,8 +30,9 @@ from xstilts.model import HeadSpec, MultiHeadModel, load_checkpoint, load_encode
 from xstilts.precision import pick_device, resolve_precision
 from xstilts.tasks.readers import SplitData, check_available, read_split, reads_local
 from xstilts.task_types import score_outcomes, task_type
-from xstilts.task_types.masked_lm import Pieces
+from xstilts.task_types.masked_lm import SHARED_HEAD, Pieces
 from xstilts.tasks.registry import TaskRegistry
+from xstilts.tasks.spec import TaskSpec
 from xstilts.vocab import VocabTrim
 from xstilts.training import BEST_DIR, CHECKPOINT_DIR, TrainTask, train_phase
 
@@ -216,28 +217,40 @@ def _carried_heads(parent: Path, heads: dict[str, HeadSpec], named: str | None =
     return carried
 
 
+def _head_name(spec: TaskSpec) -> str:
+    """A task's head in a phase: its own name; every masked_lm task shares one head (one transform over all text)."""
+    return SHARED_HEAD if spec.type == "masked_lm" else spec.name
+
+
+def _examples_per_task(tasks: list[TaskData], train_tasks: list[TrainTask]) -> dict[str, int]:
+    """What a cap counts, per task (summed when a task is listed twice, e.g. per language): examples, a span-QA
+    question (not its windows), a distinct masked-LM text sequence."""
+    counts: dict[str, int] = {}
+    for data, task in zip(tasks, train_tasks):
+        counts[data.task] = counts.get(data.task, 0) + len(np.unique(task.train.units))
+    return counts
+
+
 def train_node(ctx: Context, out_dir: Path, *, tasks: list[TaskData], train: TrainConfig, seed: int,
                parent: Path | None = None, carry: str = "encoder", carry_head: str | None = None,
                sampling: str = "proportional",
                temperature: float = 2.0, description: str = "train") -> dict:
-    """Train a head per task (on top of `parent`'s encoder when given); the selected model is saved in out_dir."""
+    """Train a head per task (masked_lm tasks share one) on top of `parent`'s encoder when given; the selected
+    model is saved in out_dir."""
     if current_ranks().decided_by_main(is_done(out_dir)):
         return read_result(out_dir)
     clock = _PartClock(ctx)
-    train_tasks, provenance = [], []
-    for data in tasks:
+    train_tasks, provenance, specs = [], [], [ctx.registry.get(data.task) for data in tasks]
+    for data, spec in zip(tasks, specs):
         features, splits = ctx.rows(data, seed)
         dev = None
-        spec = ctx.registry.get(data.task)
         if "dev" in spec.splits and data.split != "dev" and spec.type != "masked_lm":  # masked LM: no selection
             dev_rows = data.model_copy(update={"max_examples": train.dev_max_examples})
             dev, dev_splits = ctx.rows(dev_rows, EVAL_SUBSAMPLE_SEED, split="dev")
             splits += dev_splits
-        train_tasks.append(TrainTask(data.task, task_type(ctx.registry.get(data.task).type), features, dev,
-                                     data.loss_weight))
+        train_tasks.append(TrainTask(_head_name(spec), task_type(spec.type), features, dev, data.loss_weight))
         provenance += _provenance(splits)
-    heads = {data.task: HeadSpec(ctx.registry.get(data.task).type, tuple(ctx.registry.get(data.task).labels))
-             for data in tasks}
+    heads = {task.head: HeadSpec(spec.type, tuple(spec.labels)) for spec, task in zip(specs, train_tasks)}
     ranks = current_ranks()
     torch.manual_seed(seed)
     if parent is None:
@@ -276,8 +289,7 @@ def train_node(ctx: Context, out_dir: Path, *, tasks: list[TaskData], train: Tra
         shutil.rmtree(out_dir / leftover, ignore_errors=True)
     return _finish(out_dir, {
         "kind": "train", "tasks": [d.model_dump() for d in tasks],
-        # what a cap counts: examples (a span-QA question, not its windows; a distinct text)
-        "train_examples": {t.head: len(np.unique(t.train.units)) for t in train_tasks},
+        "train_examples": _examples_per_task(tasks, train_tasks),
         "seed": seed, "precision": ctx.precision, "data": provenance, "metrics": metrics,
         **clock.result(), "peak_rss_mb": round(peak_rss_mb(), 1),
     })

@@ -25,7 +25,8 @@ from xstilts.study_spec import BASELINE, StudySpec
 from xstilts.tasks.registry import load_registry
 from xstilts.training import CHECKPOINT_DIR
 
-RESULT_COLUMNS = ["arm", "group", "arm_languages", "size_matched", "intermediate_examples", "seed", "task", "split",
+RESULT_COLUMNS = ["arm", "group", "arm_languages", "size_matched", "intermediate_examples",
+                  "intermediate_pieces", "seed", "task", "split",
                   "language", "metric", "score", "n", "parallel", "eval_node", "target_node", "intermediate_node",
                   "predictions"]
 _CONTEXTS: dict[str, Context] = {}
@@ -208,12 +209,16 @@ def write_results(spec: StudySpec, graph: Graph, study_dir: Path) -> Path:
     for use in graph.uses:
         arm = arms.get(use.arm)
         evaluation = _result(study_dir, use.eval)
-        examples = sum(_result(study_dir, use.intermediate)["train_examples"].values()) if use.intermediate else 0
+        examples, pieces = 0, 0
+        if use.intermediate:
+            trained = _result(study_dir, use.intermediate)
+            examples, pieces = sum(trained["train_examples"].values()), trained["metrics"].get("train_pieces", "")
         languages = sorted({lang for t in arm.tasks for lang in (t.languages or registry.get(t.task).languages)}) if arm else []
         for language, value in evaluation["languages"].items():
             rows.append({
                 "arm": use.arm, "group": arm.group if arm else BASELINE, "arm_languages": ";".join(languages),
-                "size_matched": bool(arm and arm.cap), "intermediate_examples": examples, "seed": use.seed,
+                "size_matched": bool(arm and arm.cap), "intermediate_examples": examples,
+                "intermediate_pieces": pieces, "seed": use.seed,
                 "task": evaluation["task"], "split": evaluation["split"], "language": language,
                 "metric": value["metric"], "score": value["score"], "scores": value["scores"], "n": value["n"],
                 "parallel": registry.get(evaluation["task"]).parallel, "eval_node": use.eval, "target_node": use.target,

@@ -18,11 +18,14 @@ BASELINE = "baseline"
 class Arm(StrictModel):
     """A named intermediate phase: its tasks (trained together when several), group and data cap.
 
+    Groups: `english` and `low-resource` (labelled tasks in those languages), `mixed` (labelled tasks with
+    other data, e.g. low-resource NLI with masked LM alongside), `mlm` (masked LM on unlabelled text only).
+
     `cap` subsamples every intermediate task to at most N examples (a fixed subsample per seed), so
     that arms can be compared at equal data size; without it the arm trains on the natural size."""
 
     name: str
-    group: Literal["english", "low-resource", "mixed"]
+    group: Literal["english", "low-resource", "mixed", "mlm"]
     tasks: list[TaskData] = Field(min_length=1)
     cap: int | None = Field(default=None, gt=0)
     sampling: Literal["proportional", "temperature", "uniform"] = "proportional"

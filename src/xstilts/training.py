@@ -315,6 +315,7 @@ def _train(model: MultiHeadModel, tasks: list[TrainTask], config: TrainConfig, o
     return {
         "steps": state.step, "total_steps": total_steps, "best_step": state.best_step, "best_dev": state.best_score,
         "history": state.history, "train_seconds": round(state.seconds, 2), "train_examples": state.examples,
+        "train_pieces": state.tokens,  # pieces consumed (every sequence of every row drawn, padding excluded)
         "examples_per_second": round(state.examples / max(state.seconds, 1e-9), 2),
         "tokens_per_second": round(state.tokens / max(state.seconds, 1e-9), 1),
         "selected": selected, **averaged,

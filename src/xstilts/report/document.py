@@ -172,10 +172,16 @@ def _protocol(analysis: Analysis, protocol: Protocol) -> list[Block]:
         settings = [f"{key} = {value}" for key, value in flatten(_given(spec, ARM_SPEC_SHOWN))]
         arm_rows.append([arm, info["group"], "\n".join(protocol.arm_tasks(arm)) or "–",
                          ", ".join(info["languages"]) or "–", "yes" if info["size_matched"] else "no",
-                         f"{info['intermediate_examples']:,.0f}", "\n".join(settings) or "–"])
+                         f"{info['intermediate_examples']:,.0f}",
+                         "–" if info["intermediate_pieces"] != info["intermediate_pieces"] else f"{info['intermediate_pieces']:,.0f}",
+                         "\n".join(settings) or "–"])
     blocks.append(Table(["arm", "group", "intermediate tasks", "languages", "size-matched", "intermediate examples",
-                         "arm settings"], arm_rows, "Arms: intermediate data and training settings (training "
-                        "settings not listed here are the study's intermediate_train)."))
+                         "pieces consumed", "arm settings"], arm_rows,
+                        "Arms: intermediate data and training settings (training settings not listed here are the "
+                        "study's intermediate_train). Intermediate examples count what the arm's cap counts (a "
+                        "labelled example, a span-QA question, a masked-LM text sequence); pieces consumed are "
+                        "the tokenizer pieces of every sequence its intermediate phase trained on, repeats "
+                        "included (mean over seeds)."))
     evaluation_rows = []
     for eval_set in results.eval_sets:
         spec = _given(protocol.evaluate.get(eval_set, {}), ("task", "split"))

@@ -167,12 +167,24 @@ def _significance(analysis: Analysis, eval_set: EvalSet) -> list[str]:
     return sentences
 
 
+def _pieces(arms: pd.DataFrame) -> list[str]:
+    """What size matching by examples leaves unmatched: the pieces each size-matched arm consumed, when they
+    differ by more than 10%."""
+    pieces = arms.loc[(arms["group"] != BASELINE_GROUP) & arms["size_matched"], "intermediate_pieces"]
+    pieces = pieces.dropna().round().astype(int)
+    if pieces.empty or pieces.min() >= 0.9 * pieces.max():
+        return []
+    listed = ", ".join(f"{arm} {count:,}" for arm, count in pieces.sort_values().items())
+    return [f"The size-matched arms still consumed different amounts of text in their intermediate phase "
+            f"(tokenizer pieces: {listed}): a cap counts examples, and examples differ in length and number."]
+
+
 def _subsets(analysis: Analysis, eval_set: EvalSet) -> list[str]:
     """In-language vs other languages per group; English vs low-resource among size-matched and natural-size arms."""
     subsets = analysis.groups_of(eval_set, "subset").set_index(["scope", "group"])
     metric = metric_name(analysis.results.metric(eval_set))
     sentences, absent = [], []
-    for group in (ENGLISH, LOW_RESOURCE, "mixed"):
+    for group in ARM_GROUPS:
         if ("in-language", group) in subsets.index and ("other languages", group) in subsets.index:
             sentences.append(f"{capitalised(GROUP_NAMES[group])} arms change {metric} by "
                              f"{_effect(subsets.loc[('in-language', group)])} on the languages of their intermediate "
@@ -208,7 +220,8 @@ def findings(analysis: Analysis) -> list[str]:
 
 
 def caveats(analysis: Analysis, protocol: Protocol) -> list[str]:
-    """What the data imposes on reading the findings: seeds, test-set sampling, model, translated data, provenance."""
+    """What the data imposes on reading the findings: seeds, test-set sampling, unmatched text in size-matched
+    arms, model, translated data, provenance."""
     results = analysis.results
     seeds = results.seeds
     notes = []
@@ -225,6 +238,7 @@ def caveats(analysis: Analysis, protocol: Protocol) -> list[str]:
         if eval_set[1] == "test" and full and max(sizes) < full:
             notes.append(f"The {eval_set[0]} test sets are sampled: {span(sizes)} of {full} examples per language, so "
                          "intervals are wider than with the full test sets.")
+    notes += _pieces(results.arms)
     model = protocol.model
     notes.append(f"All results are for one model, {model}; the benefit of intermediate-task training depends on "
                  "model size and may differ for larger models." if model else

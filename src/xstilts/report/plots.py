@@ -18,8 +18,9 @@ from xstilts.report.analysis import ARM_GROUPS, AVERAGE, Analysis
 from xstilts.report.formatting import GROUP_NAMES, capitalised, metric_name, plural, points
 from xstilts.report.results import BASELINE_GROUP, EvalSet
 
-GROUP_COLORS = {"english": "#0072B2", "low-resource": "#D55E00", "mixed": "#009E73"}  # colour-blind safe
-GROUP_MARKERS = {"english": "o", "low-resource": "s", "mixed": "^"}
+GROUP_COLORS = {"english": "#0072B2", "low-resource": "#D55E00", "mixed": "#009E73",  # colour-blind safe
+                "mlm": "#CC79A7"}
+GROUP_MARKERS = {"english": "o", "low-resource": "s", "mixed": "^", "mlm": "D"}
 STYLE = {"font.size": 12, "axes.titlesize": 14, "axes.labelsize": 13, "xtick.labelsize": 12, "ytick.labelsize": 12,
          "legend.fontsize": 11}
 DPI = 150

@@ -15,7 +15,7 @@ from xstilts.errors import XstiltsError
 from xstilts.task_types import item_column
 
 BASELINE_GROUP = "baseline"
-GROUPS = (BASELINE_GROUP, "english", "low-resource", "mixed")
+GROUPS = (BASELINE_GROUP, "english", "low-resource", "mixed", "mlm")
 TARGET_TASK = "xnli"
 STRING_COLUMNS = ("arm", "group", "arm_languages", "task", "split", "language", "metric", "eval_node",
                   "target_node", "intermediate_node", "predictions")
@@ -27,6 +27,10 @@ def _integer(text: str) -> int:
     if not value.is_integer():
         raise ValueError
     return int(value)
+
+
+def _count_or_missing(text: str) -> float:
+    return float(_integer(text)) if text.strip() else float("nan")
 
 
 def _boolean(text: str) -> bool:
@@ -44,7 +48,10 @@ PARSERS: dict[str, tuple[Callable[[str], object], str]] = {
     "n": (_integer, "an integer"),
 }
 COLUMNS = (*STRING_COLUMNS, *PARSERS)
-OPTIONAL = {"parallel": (_boolean, "true or false", "false")}  # column -> (parser, expected, default)
+OPTIONAL = {  # column -> (parser, expected, default)
+    "parallel": (_boolean, "true or false", "false"),
+    "intermediate_pieces": (_count_or_missing, "an integer or empty", ""),  # empty: a phase from before it was kept
+}
 EvalSet = tuple[str, str]  # (task, split)
 
 
@@ -64,11 +71,13 @@ class Results:
 
     @cached_property
     def arms(self) -> pd.DataFrame:
-        """One row per arm, baseline first, then by group (English, low-resource, mixed), then as listed;
-        columns group, languages (tuple), size_matched and intermediate_examples (mean over rows)."""
+        """One row per arm, baseline first, then by group (English, low-resource, mixed, masked-LM), then as
+        listed; columns group, languages (tuple), size_matched, intermediate_examples (examples in its data)
+        and intermediate_pieces (pieces its intermediate phase consumed; NaN when not recorded), means over rows."""
         table = self.rows.groupby("arm", sort=False).agg(
             group=("group", "first"), arm_languages=("arm_languages", "first"),
-            size_matched=("size_matched", "first"), intermediate_examples=("intermediate_examples", "mean"))
+            size_matched=("size_matched", "first"), intermediate_examples=("intermediate_examples", "mean"),
+            intermediate_pieces=("intermediate_pieces", "mean"))
         table["languages"] = [tuple(filter(None, value.split(";"))) for value in table.pop("arm_languages")]
         order = np.argsort([GROUPS.index(group) for group in table["group"]], kind="stable")
         return table.iloc[order]

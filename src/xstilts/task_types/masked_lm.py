@@ -27,6 +27,7 @@ from xstilts.tasks.spec import Example, TaskSpec
 
 MASKED_SHARE, AS_MASK, AS_RANDOM = 0.15, 0.8, 0.1
 IGNORED = -100  # a label row's padding
+SHARED_HEAD = "masked_lm"  # the head every masked_lm task of a phase trains: one transform over all its text
 
 
 @dataclass(frozen=True)
