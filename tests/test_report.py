@@ -162,6 +162,9 @@ def test_caveats_warn_about_few_seeds_and_translated_data(tmp_path: Path) -> Non
     caveats_text = report.read_text().split("### Caveats")[1].split("## Results")[0]
     assert "Only 1 seed" in caveats_text
     assert "indonli-mt trains on machine-translated data" in caveats_text
+    findings_text = report.read_text().split("## Findings")[1].split("### Caveats")[0]
+    assert "the study cannot say which group helped more" in findings_text  # one seed: no interval to include zero
+    assert "interval that includes zero" not in findings_text
 
 
 def test_a_graded_metric_is_named_and_its_item_values_analysed(tmp_path: Path) -> None:
