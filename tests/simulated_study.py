@@ -55,8 +55,9 @@ def simulate(design: Design, rng: np.random.Generator) -> Results:
             draws = (rng.random(p.shape) < p).astype(float)
             for language, values in zip(design.languages, draws):
                 rows.append({"arm": arm, "group": group, "arm_languages": "", "size_matched": True,
-                             "intermediate_examples": 1000, "seed": seed + 1, "task": "xnli", "split": "test",
-                             "language": language, "metric": "accuracy", "score": values.mean(), "n": design.items,
+                             "intermediate_examples": 1000, "intermediate_pieces": 0 if group == "baseline" else 30_000,
+                             "seed": seed + 1, "task": "xnli", "split": "test", "language": language,
+                             "metric": "accuracy", "score": values.mean(), "n": design.items,
                              "parallel": design.parallel})
                 item_scores.append(values)
     table = pd.DataFrame(rows)
