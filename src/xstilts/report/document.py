@@ -170,10 +170,11 @@ def _protocol(analysis: Analysis, protocol: Protocol) -> list[Block]:
     for arm, info in results.arms.iterrows():
         spec = protocol.arms.get(arm, {})
         settings = [f"{key} = {value}" for key, value in flatten(_given(spec, ARM_SPEC_SHOWN))]
+        pieces = info["intermediate_pieces"]
         arm_rows.append([arm, info["group"], "\n".join(protocol.arm_tasks(arm)) or "–",
                          ", ".join(info["languages"]) or "–", "yes" if info["size_matched"] else "no",
                          f"{info['intermediate_examples']:,.0f}",
-                         "–" if info["intermediate_pieces"] != info["intermediate_pieces"] else f"{info['intermediate_pieces']:,.0f}",
+                         "–" if pieces != pieces else f"{pieces:,.0f}",  # NaN: a phase from before it was kept
                          "\n".join(settings) or "–"])
     blocks.append(Table(["arm", "group", "intermediate tasks", "languages", "size-matched", "intermediate examples",
                          "pieces consumed", "arm settings"], arm_rows,
