@@ -297,3 +297,17 @@ def test_html_renders_in_headless_chromium(report: Path, tmp_path: Path) -> None
     image = imread(screenshot)
     assert image.shape[:2] == (2400, 1400)
     assert image[..., :3].std() > 0.05  # not a blank page
+
+
+def test_every_arm_group_a_study_accepts_has_a_name_colour_and_marker_in_the_report() -> None:
+    from typing import get_args
+
+    from xstilts.report.formatting import GROUP_NAMES
+    from xstilts.report.plots import GROUP_COLORS, GROUP_MARKERS
+    from xstilts.report.results import GROUPS
+    from xstilts.study_spec import ArmGroup
+
+    groups = set(get_args(ArmGroup))
+    assert set(GROUPS) == groups | {"baseline"}
+    assert set(GROUP_NAMES) == set(GROUP_COLORS) == set(GROUP_MARKERS) == groups
+    assert len(set(GROUP_COLORS.values())) == len(set(GROUP_MARKERS.values())) == len(groups)

@@ -26,6 +26,7 @@ from xstilts.phases import Context, check_plan, eval_node
 from xstilts.pipeline import evaluation_summary, format_table, make_context, resolve_data_dir
 from xstilts.study import run_study
 from xstilts.study_spec import StudySpec
+from xstilts.task_types import task_type
 from xstilts.tasks.registry import load_registry
 
 
@@ -65,7 +66,7 @@ def evaluate_model(model_dir: Path, data: EvalData, output: Path, base_model: st
     registry = load_registry()
     spec = registry.get(data.task)
     resolved = resolve_data_dir(data_dir)
-    if spec.type == "retrieval":  # an encoder is all it needs: a trained one, or `model_dir` naming a base model
+    if not task_type(spec.type).trainable:  # it scores an encoder: a trained one, or `model_dir` naming a base model
         trained = model_dir if (model_dir / HEADS_FILE).is_file() else None
         check_plan(registry, resolved, [], data.task, [data])
         ctx = Context.create(base_model if trained else str(model_dir), registry, resolved, max_length, "auto")
@@ -87,8 +88,8 @@ def evaluate(target: Path, data: EvalData, output: Path | None = None, base_mode
         return f"results: {evaluate_study(target, data)}"
     if (target / "config.yaml").is_file():
         return format_table(evaluate_run(target, data))
-    retrieval = load_registry().get(data.task).type == "retrieval"
-    if (target / HEADS_FILE).is_file() or retrieval:
+    scores_encoder = not task_type(load_registry().get(data.task).type).trainable
+    if (target / HEADS_FILE).is_file() or scores_encoder:
         if output is None:
             raise XstiltsError(f"{target}: a model directory is scored into --output DIR; give one")
         result = evaluate_model(target, data, output, base_model, data_dir, max_length)

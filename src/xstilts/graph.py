@@ -13,6 +13,7 @@ from xstilts.config import TaskData
 from xstilts.pipeline import resolve_data_dir
 from xstilts.precision import pick_device, resolve_precision
 from xstilts.study_spec import BASELINE, StudySpec
+from xstilts.task_types import task_type
 from xstilts.tasks.readers import input_fingerprint
 from xstilts.tasks.registry import TaskRegistry, load_registry
 
@@ -106,7 +107,7 @@ def build_graph(spec: StudySpec) -> Graph:
     graph = Graph()
     scoring = {**common, "result_format": EVAL_RESULT_FORMAT}
     for data in spec.evaluate:
-        if registry.get(data.task).type == "retrieval":
+        if not task_type(registry.get(data.task).type).trainable:
             graph.base.append(graph.add(Node("eval", {**scoring, "data": data.model_dump(), "head": None,
                                                       "inputs": _inputs([data], registry, data_dir, training=False)},
                                              (), f"eval {data.task}/{data.split} of the base model")))

@@ -30,7 +30,7 @@ from xstilts.model import HeadSpec, MultiHeadModel, load_checkpoint, load_encode
 from xstilts.precision import pick_device, resolve_precision
 from xstilts.tasks.readers import SplitData, check_available, read_split, reads_local
 from xstilts.task_types import score_outcomes, task_type
-from xstilts.task_types.masked_lm import SHARED_HEAD, Pieces
+from xstilts.task_types.masked_lm import Pieces
 from xstilts.tasks.registry import TaskRegistry
 from xstilts.tasks.spec import TaskSpec
 from xstilts.vocab import VocabTrim
@@ -125,18 +125,20 @@ def check_plan(registry: TaskRegistry, data_dir: Path | None, training: list[Tas
                     seen.add(key)
                     read_split(spec, split, language, data_dir, data.source)
     for data in training:
-        if registry.get(data.task).type == "retrieval":
-            raise XstiltsError(f"task {data.task!r} is a retrieval task: it has no training data; list it under "
+        kind = registry.get(data.task).type
+        if not task_type(kind).trainable:
+            raise XstiltsError(f"task {data.task!r} is a {kind} task: it has no training data; list it under "
                                "`evaluate`")
     head = registry.get(target)
-    if head.type == "masked_lm":
-        raise XstiltsError(f"task {target!r} is unlabelled text (masked_lm): train it in an intermediate phase, "
-                           "not as the target")
+    if not task_type(head.type).evaluated:
+        raise XstiltsError(f"task {target!r} ({head.type}) is trained, not evaluated: train it in an intermediate "
+                           "phase, not as the target")
     for data in evaluate:
         spec = registry.get(data.task)
-        if spec.type == "masked_lm":
-            raise XstiltsError(f"task {data.task!r} is unlabelled text (masked_lm): it is trained, not evaluated")
-        if spec.type != "retrieval" and (spec.type, spec.labels) != (head.type, head.labels):
+        if not task_type(spec.type).evaluated:
+            raise XstiltsError(f"task {data.task!r} ({spec.type}) is trained, not evaluated: list it in an "
+                               "intermediate phase, not under `evaluate`")
+        if task_type(spec.type).trainable and (spec.type, spec.labels) != (head.type, head.labels):
             raise XstiltsError(f"task {data.task!r} ({spec.type}) has labels {spec.labels}; the {target!r} head it "
                                f"would be scored with ({head.type}) has {head.labels}")
 
@@ -218,8 +220,8 @@ def _carried_heads(parent: Path, heads: dict[str, HeadSpec], named: str | None =
 
 
 def _head_name(spec: TaskSpec) -> str:
-    """A task's head in a phase: its own name; every masked_lm task shares one head (one transform over all text)."""
-    return SHARED_HEAD if spec.type == "masked_lm" else spec.name
+    """A task's head in a phase: its own name, or its type's shared head (masked LM: one transform over all text)."""
+    return task_type(spec.type).shared_head or spec.name
 
 
 def _examples_per_task(tasks: list[TaskData], train_tasks: list[TrainTask]) -> dict[str, int]:
@@ -244,7 +246,7 @@ def train_node(ctx: Context, out_dir: Path, *, tasks: list[TaskData], train: Tra
     for data, spec in zip(tasks, specs):
         features, splits = ctx.rows(data, seed)
         dev = None
-        if "dev" in spec.splits and data.split != "dev" and spec.type != "masked_lm":  # masked LM: no selection
+        if "dev" in spec.splits and data.split != "dev" and task_type(spec.type).evaluated:
             dev_rows = data.model_copy(update={"max_examples": train.dev_max_examples})
             dev, dev_splits = ctx.rows(dev_rows, EVAL_SUBSAMPLE_SEED, split="dev")
             splits += dev_splits
@@ -271,9 +273,9 @@ def train_node(ctx: Context, out_dir: Path, *, tasks: list[TaskData], train: Tra
             out_dir / SPILLED_EMBEDDINGS_FILE
         trim.shrink(model, spill)
         pad_id = int(trim.full_to_trimmed[pad_id])
-    if any(t.kind.name == "masked_lm" for t in train_tasks):
+    if any(t.kind.masks_pieces for t in train_tasks):
         pieces = Pieces.of(ctx.tokenizer, trim.full_to_trimmed if trim is not None else None)
-        train_tasks = [replace(t, masking=pieces) if t.kind.name == "masked_lm" else t for t in train_tasks]
+        train_tasks = [replace(t, masking=pieces) if t.kind.masks_pieces else t for t in train_tasks]
     metrics = train_phase(model, train_tasks, train, out_dir, seed=seed, pad_id=pad_id,
                           precision=ctx.precision, device=ctx.device, sampling=sampling, temperature=temperature,
                           description=description)
@@ -336,13 +338,14 @@ def eval_node(ctx: Context, out_dir: Path, *, trained: Path | None, head: str | 
 def _scorer(ctx: Context, spec, trained: Path | None, head: str | None) -> Callable[[Features], np.ndarray]:
     """Predictions for one language's features: a retrieval task's nearest rows from an encoder, else the
     trained model's head (which must be of the task's type and labels)."""
-    if spec.type == "retrieval":
+    kind = task_type(spec.type)
+    if not kind.trainable:
         model = load_trained(ctx.model, trained) if trained is not None else None
         encoder = model.encoder if model is not None else load_encoder(ctx.model)
         encoder = inference_weights(encoder, ctx.precision).to(ctx.device)
         pooling = model.pooling if model is not None else ctx.pooling
-        return lambda features: task_type("retrieval").retrieve(encoder, features, ctx.tokenizer.pad_token_id,
-                                                                pooling, ctx.precision, ctx.device)
+        return lambda features: kind.retrieve(encoder, features, ctx.tokenizer.pad_token_id, pooling, ctx.precision,
+                                              ctx.device)
     model = inference_weights(load_trained(ctx.model, trained), ctx.precision).to(ctx.device)
     if model.specs[head] != HeadSpec(spec.type, tuple(spec.labels)):
         raise XstiltsError(f"task {spec.name!r} ({spec.type}) has labels {spec.labels}, head {head!r} "

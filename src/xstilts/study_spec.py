@@ -13,6 +13,7 @@ from xstilts.tasks.registry import load_yaml, validation_message
 from xstilts.tasks.spec import StrictModel
 
 BASELINE = "baseline"
+ArmGroup = Literal["english", "low-resource", "mixed", "mlm"]  # the report compares arms by these
 
 
 class Arm(StrictModel):
@@ -25,7 +26,7 @@ class Arm(StrictModel):
     that arms can be compared at equal data size; without it the arm trains on the natural size."""
 
     name: str
-    group: Literal["english", "low-resource", "mixed", "mlm"]
+    group: ArmGroup
     tasks: list[TaskData] = Field(min_length=1)
     cap: int | None = Field(default=None, gt=0)
     sampling: Literal["proportional", "temperature", "uniform"] = "proportional"

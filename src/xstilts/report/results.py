@@ -7,15 +7,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pandas as pd
 
 from xstilts.errors import XstiltsError
+from xstilts.study_spec import ArmGroup
 from xstilts.task_types import item_column
 
 BASELINE_GROUP = "baseline"
-GROUPS = (BASELINE_GROUP, "english", "low-resource", "mixed", "mlm")
+GROUPS = (BASELINE_GROUP, *get_args(ArmGroup))
 TARGET_TASK = "xnli"
 STRING_COLUMNS = ("arm", "group", "arm_languages", "task", "split", "language", "metric", "eval_node",
                   "target_node", "intermediate_node", "predictions")

@@ -21,6 +21,10 @@ class TaskType(Protocol):
 
     name: str
     metrics: tuple[str, ...]  # what `outcomes` measures per example; the first is the primary metric
+    trainable: bool  # False: no training data and no head; it scores an encoder with `retrieve` (retrieval)
+    evaluated: bool  # False: trained, never scored (masked LM): no dev selection, never a target or evaluation
+    shared_head: str | None  # the one head every task of the type in a phase trains (masked LM); None: one each
+    masks_pieces: bool  # its batches are masked anew at every draw (masked LM)
 
     def example(self, spec: TaskSpec, fields: dict[str, Any], label_map: dict[str, str], where: str) -> Example | None:
         """A record's fields (named as in the task's `columns`) as an example; None skips an unlabelled row."""

@@ -57,6 +57,10 @@ class Classification:
 
     name = "classification"
     metrics = ("accuracy",)
+    trainable = True
+    evaluated = True
+    shared_head: str | None = None
+    masks_pieces = False
 
     def example(self, spec: TaskSpec, fields: dict[str, Any], label_map: dict[str, str], where: str) -> Example | None:
         label = label_index(spec, fields["label"], label_map, where)

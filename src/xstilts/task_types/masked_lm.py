@@ -97,6 +97,10 @@ class MaskedLM:
 
     name = "masked_lm"
     metrics = ("masked_accuracy",)
+    trainable = True
+    evaluated = False
+    shared_head = SHARED_HEAD
+    masks_pieces = True
 
     def example(self, spec: TaskSpec, fields: dict[str, Any], label_map: dict[str, str], where: str) -> Example | None:
         text = str(fields["text_a"]).strip()

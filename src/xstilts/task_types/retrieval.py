@@ -27,6 +27,10 @@ class Retrieval:
 
     name = "retrieval"
     metrics = ("accuracy",)
+    trainable = False
+    evaluated = True
+    shared_head: str | None = None
+    masks_pieces = False
 
     def example(self, spec: TaskSpec, fields: dict[str, Any], label_map: dict[str, str], where: str) -> Example:
         return Example(str(fields["text_a"]), str(fields["text_b"]), -1)

@@ -45,6 +45,10 @@ class SpanQA:
 
     name = "span_qa"
     metrics = ("f1", "exact_match")
+    trainable = True
+    evaluated = True
+    shared_head: str | None = None
+    masks_pieces = False
 
     def example(self, spec: TaskSpec, fields: dict[str, Any], label_map: dict[str, str], where: str) -> Example:
         context, question = str(fields["context"]), str(fields["question"])
