@@ -110,7 +110,9 @@ def check_plan(registry: TaskRegistry, data_dir: Path | None, training: list[Tas
                evaluate: list[EvalData]) -> None:
     """Before any phase starts: every task, split, language and local file exists and every local file is
     read through (decoded and parsed: a bad byte in an evaluation file stops the run before training, not
-    after), no retrieval task is trained, and every other evaluation task has the target head's type and labels. Hub sources are checked, not read."""
+    after), no task of a type without training data (retrieval) is trained, no trained-only task (masked LM)
+    is the target or evaluated, and every evaluation task scored by a head has the target head's type and
+    labels. Hub sources are checked, not read."""
     seen = set()
     for data in [*training, *evaluate]:
         spec = registry.get(data.task)

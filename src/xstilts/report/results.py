@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 
 from xstilts.errors import XstiltsError
-from xstilts.study_spec import ArmGroup
+from xstilts.study_spec import BASELINE, ArmGroup
 from xstilts.task_types import item_column
 
-BASELINE_GROUP = "baseline"
+BASELINE_GROUP = BASELINE
 GROUPS = (BASELINE_GROUP, *get_args(ArmGroup))
 TARGET_TASK = "xnli"
 STRING_COLUMNS = ("arm", "group", "arm_languages", "task", "split", "language", "metric", "eval_node",

@@ -99,7 +99,7 @@ class MaskedLM:
     metrics = ("masked_accuracy",)
     trainable = True
     evaluated = False
-    shared_head = SHARED_HEAD
+    shared_head: str | None = SHARED_HEAD
     masks_pieces = True
 
     def example(self, spec: TaskSpec, fields: dict[str, Any], label_map: dict[str, str], where: str) -> Example | None:
