@@ -18,6 +18,12 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 ENVIRONMENT = "XSTILTS_CPU_THREADS"
 RECHECK_SECONDS = 20.0
@@ -79,3 +85,18 @@ class CpuThreads:
             free = round(self.cores - others)
             self.torch.set_num_threads(max(1, min(self.limit, free)))
         return self.torch.get_num_threads()
+
+
+@contextmanager
+def adaptive_threads(device: torch.device) -> Iterator[CpuThreads | None]:
+    """A phase's `CpuThreads` on the CPU (None elsewhere). The phase leaves PyTorch's thread count as it found
+    it: a count lowered under a passing load would otherwise become the next phase's limit (seen in a study,
+    whose last phases ran on one thread of two, at half speed, with the other core idle)."""
+    if device.type != "cpu":
+        yield None
+        return
+    threads = CpuThreads()
+    try:
+        yield threads
+    finally:
+        threads.torch.set_num_threads(threads.limit)

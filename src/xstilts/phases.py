@@ -18,7 +18,7 @@ import torch
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from xstilts.config import EvalData, TaskData, TrainConfig
-from xstilts.cpu import CpuThreads
+from xstilts.cpu import adaptive_threads
 from xstilts.distributed import current_ranks
 from xstilts.embedded_model import resolve_model
 from xstilts.errors import XstiltsError
@@ -314,20 +314,20 @@ def eval_node(ctx: Context, out_dir: Path, *, trained: Path | None, head: str | 
     kind = task_type(spec.type)
     scorer = _scorer(ctx, spec, trained, head)
     clock.loaded()
-    threads = CpuThreads() if ctx.device.type == "cpu" else None
     languages, provenance = {}, []
-    for language in data.languages or spec.languages:
-        if threads is not None:
-            threads.adapt(force=not languages)
-        features, splits = ctx.rows(data.model_copy(update={"languages": [language]}), EVAL_SUBSAMPLE_SEED)
-        outcomes = kind.outcomes(scorer(features), features, spec.labels or None)
-        _write_predictions(out_dir / "predictions" / f"{language}.csv", outcomes)
-        found = score_outcomes(kind, outcomes)
-        languages[language] = {"metric": kind.metrics[0], "score": found[kind.metrics[0]], "scores": found,
-                               "n": len(outcomes)}
-        provenance += _provenance(splits)
-        print(f"eval {data.task}/{data.split} {language}: " + ", ".join(f"{m} {v:.4f}" for m, v in found.items())
-              + f" (n={len(outcomes)})", file=sys.stderr)
+    with adaptive_threads(ctx.device) as threads:
+        for language in data.languages or spec.languages:
+            if threads is not None:
+                threads.adapt(force=not languages)
+            features, splits = ctx.rows(data.model_copy(update={"languages": [language]}), EVAL_SUBSAMPLE_SEED)
+            outcomes = kind.outcomes(scorer(features), features, spec.labels or None)
+            _write_predictions(out_dir / "predictions" / f"{language}.csv", outcomes)
+            found = score_outcomes(kind, outcomes)
+            languages[language] = {"metric": kind.metrics[0], "score": found[kind.metrics[0]], "scores": found,
+                                   "n": len(outcomes)}
+            provenance += _provenance(splits)
+            print(f"eval {data.task}/{data.split} {language}: "
+                  + ", ".join(f"{m} {v:.4f}" for m, v in found.items()) + f" (n={len(outcomes)})", file=sys.stderr)
     average = float(np.mean([value["score"] for value in languages.values()]))
     timings = clock.result()
     return _finish(out_dir, {

@@ -24,7 +24,7 @@ from xstilts.attention import attention_implementation, training_attention
 from xstilts.memory import activation_checkpointing, needs_activation_checkpointing
 from xstilts.averaging import WeightAverage
 from xstilts.config import TrainConfig
-from xstilts.cpu import CpuThreads
+from xstilts.cpu import CpuThreads, adaptive_threads
 from xstilts.distributed import current_ranks
 from xstilts.errors import XstiltsError
 from xstilts.evaluation import predict
@@ -199,14 +199,14 @@ def train_phase(model: MultiHeadModel, tasks: list[TrainTask], config: TrainConf
         checkpointing = device.type == "cpu" and needs_activation_checkpointing(
             model.encoder, sequences, length, 2 if precision == "bf16" else 4)
     with attention_implementation(model.encoder, training_attention(config.attention, device)), \
-            activation_checkpointing(model.encoder, checkpointing):
+            activation_checkpointing(model.encoder, checkpointing), adaptive_threads(device) as threads:
         return _train(model, tasks, config, out_dir, seed=seed, pad_id=pad_id, precision=precision, device=device,
-                      sampling=sampling, temperature=temperature, description=description)
+                      sampling=sampling, temperature=temperature, description=description, threads=threads)
 
 
 def _train(model: MultiHeadModel, tasks: list[TrainTask], config: TrainConfig, out_dir: Path, *, seed: int,
            pad_id: int, precision: str, device: torch.device, sampling: str, temperature: float,
-           description: str) -> dict:
+           description: str, threads: CpuThreads | None) -> dict:
     """The loop of `train_phase`."""
     ranks = current_ranks()
     torch.manual_seed(seed + 7919 * ranks.rank)  # each rank its own dropout stream
@@ -232,7 +232,6 @@ def _train(model: MultiHeadModel, tasks: list[TrainTask], config: TrainConfig, o
     progress = tqdm(total=total_steps, initial=state.step, desc=description, unit="step", dynamic_ncols=True,
                     mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr, disable=not ranks.main)
     say = progress.write if ranks.main else lambda text: None
-    threads = CpuThreads() if device.type == "cpu" else None
     if threads is not None:
         threads.adapt(force=True)
     started = time.perf_counter() - state.seconds
