@@ -127,9 +127,9 @@ def check_plan(registry: TaskRegistry, data_dir: Path | None, training: list[Tas
                     seen.add(key)
                     read_split(spec, split, language, data_dir, data.source)
     for data in training:
-        kind = registry.get(data.task).type
-        if not task_type(kind).trainable:
-            raise XstiltsError(f"task {data.task!r} is a {kind} task: it has no training data; list it under "
+        kind = task_type(registry.get(data.task).type)
+        if not kind.trainable:
+            raise XstiltsError(f"task {data.task!r} is a {kind.name} task: it has no training data; list it under "
                                "`evaluate`")
     head = registry.get(target)
     if not task_type(head.type).evaluated:
@@ -137,10 +137,11 @@ def check_plan(registry: TaskRegistry, data_dir: Path | None, training: list[Tas
                            "phase, not as the target")
     for data in evaluate:
         spec = registry.get(data.task)
-        if not task_type(spec.type).evaluated:
+        kind = task_type(spec.type)
+        if not kind.evaluated:
             raise XstiltsError(f"task {data.task!r} ({spec.type}) is trained, not evaluated: list it in an "
                                "intermediate phase, not under `evaluate`")
-        if task_type(spec.type).trainable and (spec.type, spec.labels) != (head.type, head.labels):
+        if kind.trainable and (spec.type, spec.labels) != (head.type, head.labels):
             raise XstiltsError(f"task {data.task!r} ({spec.type}) has labels {spec.labels}; the {target!r} head it "
                                f"would be scored with ({head.type}) has {head.labels}")
 

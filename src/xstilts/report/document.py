@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from xstilts.report.analysis import ARM_GROUPS, AVERAGE, DIFFERENCE, SUBSETS, Analysis
 from xstilts.report.findings import aa_findings, caveats, findings, primary_findings
 from xstilts.report.formatting import (GROUP_NAMES, bracketed, capitalised, metric_name, p_cell, plural, points, span,
@@ -174,7 +176,7 @@ def _protocol(analysis: Analysis, protocol: Protocol) -> list[Block]:
         arm_rows.append([arm, info["group"], "\n".join(protocol.arm_tasks(arm)) or "–",
                          ", ".join(info["languages"]) or "–", "yes" if info["size_matched"] else "no",
                          f"{info['intermediate_examples']:,.0f}",
-                         "–" if pieces != pieces else f"{pieces:,.0f}",  # NaN: a phase from before it was kept
+                         "–" if math.isnan(pieces) else f"{pieces:,.0f}",  # NaN: a phase from before it was kept
                          "\n".join(settings) or "–"])
     blocks.append(Table(["arm", "group", "intermediate tasks", "languages", "size-matched", "intermediate examples",
                          "pieces consumed", "arm settings"], arm_rows,

@@ -59,7 +59,7 @@ def _answer(analysis: Analysis, eval_set: EvalSet) -> list[str]:
               f"({interval(difference['ci_low'], difference['ci_high'])}, {p_value(difference['p_value'])})")
     if difference["ci_low"] > 0 or difference["ci_high"] < 0:
         sentences.append(f"{capitalised(winner)} intermediate tasks helped more: {stated}.")
-    elif difference["ci_low"] != difference["ci_low"]:  # no interval (one seed)
+    elif pd.isna(difference["ci_low"]):  # no interval (one seed)
         sentences.append(f"With no interval the study cannot say which group helped more: {stated}.")
     else:
         sentences.append(f"Neither group helped clearly more: {stated}, an interval that includes zero.")
