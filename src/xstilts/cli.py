@@ -42,7 +42,8 @@ def _study(args: argparse.Namespace) -> None:
     workers = args.workers or spec.workers
     executor = make_executor(args.executor, workers, study_dir, args.address, args.cpus_per_node,
                              dict(args.slurm or []))
-    run_study(spec, study_dir, workers=workers, dry_run=args.dry_run, executor=executor)
+    run_study(spec, study_dir, workers=workers, dry_run=args.dry_run, executor=executor, seeds=args.seeds,
+              arms=args.arms)
 
 
 def _tasks(args: argparse.Namespace) -> None:
@@ -100,6 +101,22 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seed_list(text: str) -> list[int]:
+    """A comma-separated list of seeds: '1,2'."""
+    try:
+        return [int(seed) for seed in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seeds separated by commas, e.g. 1,2; got {text!r}") from None
+
+
+def _name_list(text: str) -> list[str]:
+    """A comma-separated list of names: 'baseline,snli'."""
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected names separated by commas, e.g. baseline,snli; got {text!r}")
+    return names
+
+
 def _output_dir(output: Path | None) -> None:
     """An --output that exists must be a directory."""
     if output is not None and output.exists() and not output.is_dir():
@@ -143,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--slurm", type=_key_value, action="append", metavar="KEY=VALUE",
                        help="a submitit parameter, e.g. slurm_partition=gpu, gpus_per_node=1, timeout_min=120, "
                             "or cluster=local to run the jobs here (repeatable)")
+    study.add_argument("--seeds", type=_seed_list, help="compute only these seeds' results (e.g. 1,2), under the "
+                                                        "whole study's node keys: a slice to merge later")
+    study.add_argument("--arms", type=_name_list, help="compute only these arms' results (e.g. baseline,snli)")
     study.add_argument("--dry-run", action="store_true", help="print the graph and what is cached; run nothing")
     study.set_defaults(handler=_study)
     tasks = commands.add_parser("tasks", help="list every task a study can name: type, metric, languages, "

@@ -3,13 +3,15 @@ so identical phases (e.g. the baseline target run of a seed) are computed once a
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 from xstilts.config import TaskData
+from xstilts.errors import XstiltsError
 from xstilts.pipeline import resolve_data_dir
 from xstilts.precision import pick_device, resolve_precision
 from xstilts.study_spec import BASELINE, StudySpec
@@ -68,6 +70,43 @@ class Graph:
     def add(self, node: Node) -> str:
         self.nodes.setdefault(node.name, node)
         return node.name
+
+    def cells(self, seeds: list[int] | None = None, arms: list[str] | None = None) -> list[Use]:
+        """The result cells of a slice (all seeds or arms where None); unknown seeds or arms are errors."""
+        known_seeds = sorted({use.seed for use in self.uses})
+        known_arms = list(dict.fromkeys(use.arm for use in self.uses))
+        unknown = [seed for seed in seeds or [] if seed not in known_seeds]
+        if unknown:
+            raise XstiltsError(f"--seeds {unknown[0]} is not a seed of this study (its seeds: "
+                               f"{', '.join(map(str, known_seeds))})")
+        for arm in arms or []:
+            if arm not in known_arms:
+                close = difflib.get_close_matches(arm, known_arms, n=1)
+                raise XstiltsError(f"--arms {arm!r} is not an arm of this study"
+                                   + (f" (did you mean {close[0]!r}?)" if close else f" (its arms: {', '.join(known_arms)})"))
+        return [use for use in self.uses if (seeds is None or use.seed in seeds) and (arms is None or use.arm in arms)]
+
+    def closure(self, names: list[str]) -> list[Node]:
+        """The named nodes and all their ancestors, in graph order."""
+        found, stack = set(), list(names)
+        while stack:
+            name = stack.pop()
+            if name not in found:
+                found.add(name)
+                stack.extend(self.nodes[name].parents)
+        return [node for name, node in self.nodes.items() if name in found]
+
+    def to_run(self, wanted: list[str], finished: Callable[[Node], bool], usable: Callable[[Node], bool]) -> list[Node]:
+        """What computing `wanted` takes, in graph order: each wanted node not `finished`, and each ancestor of
+        a node to compute that is not `usable` as a parent (a trained node imported without its weights is
+        finished but not usable). A finished node is never recomputed for its own sake."""
+        need, stack = set(), [name for name in wanted if not finished(self.nodes[name])]
+        while stack:
+            name = stack.pop()
+            if name not in need:
+                need.add(name)
+                stack.extend(parent for parent in self.nodes[name].parents if not usable(self.nodes[parent]))
+        return [node for name, node in self.nodes.items() if name in need]
 
     def users(self, name: str) -> list[str]:
         """'arm/seed' labels of the result cells that depend on a node."""

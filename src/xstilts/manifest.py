@@ -36,6 +36,24 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
+def cpu_model() -> str:
+    """The CPU's model name as /proc/cpuinfo gives it (the processor string elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine(device_kind: str) -> dict:
+    """What computed a node: device kind ('cpu', or the GPU's name), CPU model and cores, platform, library
+    versions and code version. A seed's nodes must share the device kind and precision (`xstilts merge`)."""
+    return {"device": device_kind, "cpu": cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
+            "libraries": library_versions(), "code": code_version()}
+
+
 def environment() -> dict:
     """Code version, libraries, host facts and the command line."""
     return {"code": code_version(), "libraries": library_versions(), "platform": platform.platform(),

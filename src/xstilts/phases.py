@@ -24,7 +24,7 @@ from xstilts.embedded_model import resolve_model
 from xstilts.errors import XstiltsError
 from xstilts.evaluation import inference_weights, predict
 from xstilts.features import Features
-from xstilts.manifest import write_json
+from xstilts.manifest import machine, write_json
 from xstilts.memory import peak_rss_mb, release_free_heap
 from xstilts.model import HeadSpec, MultiHeadModel, load_checkpoint, load_encoder, load_trained, read_heads
 from xstilts.precision import pick_device, resolve_precision
@@ -183,9 +183,11 @@ class _PartClock:
             "compute": round(total - tokenize - self.load_model, 2)}}
 
 
-def _finish(directory: Path, result: dict) -> dict:
-    """Write the result, then the DONE marker (last, atomically); with several processes this is rank 0's
-    work, and the others wait for it at a barrier."""
+def _finish(ctx: Context, directory: Path, result: dict) -> dict:
+    """Write the result with the machine that computed it, then the DONE marker (last, atomically); with
+    several processes this is rank 0's work, and the others wait for it at a barrier."""
+    device = ctx.device
+    result["machine"] = machine(torch.cuda.get_device_name(device) if device.type == "cuda" else device.type)
     write_json(directory / RESULT_FILE, result)
     tmp = directory / (DONE_FILE + ".tmp")
     tmp.write_text(time.strftime("%Y-%m-%dT%H:%M:%S%z"))
@@ -292,7 +294,7 @@ def train_node(ctx: Context, out_dir: Path, *, tasks: list[TaskData], train: Tra
     model.save(out_dir)
     for leftover in (CHECKPOINT_DIR, BEST_DIR):
         shutil.rmtree(out_dir / leftover, ignore_errors=True)
-    return _finish(out_dir, {
+    return _finish(ctx, out_dir, {
         "kind": "train", "tasks": [d.model_dump() for d in tasks],
         "train_examples": _examples_per_task(tasks, train_tasks),
         "seed": seed, "precision": ctx.precision, "data": provenance, "metrics": metrics,
@@ -331,7 +333,7 @@ def eval_node(ctx: Context, out_dir: Path, *, trained: Path | None, head: str | 
                   + ", ".join(f"{m} {v:.4f}" for m, v in found.items()) + f" (n={len(outcomes)})", file=sys.stderr)
     average = float(np.mean([value["score"] for value in languages.values()]))
     timings = clock.result()
-    return _finish(out_dir, {
+    return _finish(ctx, out_dir, {
         "kind": "eval", "task": data.task, "split": data.split, "head": head, "metric": kind.metrics[0],
         "languages": languages, "average": average, "data": provenance, **timings,
         "pairs_per_second": round(sum(v["n"] for v in languages.values()) / timings["seconds"], 1),

@@ -18,7 +18,8 @@ from xstilts.executors import Executor, make_executor
 from xstilts.graph import Graph, Node, build_graph, node_dir
 from xstilts.manifest import environment, write_json, write_text_atomically
 from xstilts.memory import peak_rss_mb
-from xstilts.phases import Context, check_plan, eval_node, is_done, read_result, train_node
+from xstilts.model import WEIGHTS_FILE
+from xstilts.phases import DONE_FILE, Context, check_plan, eval_node, is_done, read_result, train_node
 from xstilts.pipeline import resolve_data_dir
 from xstilts.report.base_model import BASE_MODEL_FILE
 from xstilts.study_spec import BASELINE, StudySpec
@@ -45,15 +46,23 @@ def _context(spec: StudySpec, precision: str) -> Context:
 
 def run_node(study_dir: Path, spec_json: str, node: Node) -> dict:
     """Compute one node, or read it when another process has (a module-level function, so process pools and
-    cluster executors can ship it)."""
+    cluster executors can ship it). A trained node imported without its weights is trained again here: it
+    runs only when a node to compute needs it as a parent."""
     out = node_dir(study_dir, node)
     out.parent.mkdir(parents=True, exist_ok=True)
     # One process computes a node; another (a second driver, a retried worker) waits, then reads its result.
     # The lock is the OS's (flock): a killed holder releases it.
     with FileLock(out.with_name(out.name + ".lock")):
-        if is_done(out):
+        if usable(study_dir, node):
             return read_result(out)
+        (out / DONE_FILE).unlink(missing_ok=True)
         return _compute_node(study_dir, spec_json, node, out)
+
+
+def usable(study_dir: Path, node: Node) -> bool:
+    """Finished, and for a trained node with its weights (a parent can build on it)."""
+    out = node_dir(study_dir, node)
+    return is_done(out) and (node.kind == "eval" or (out / WEIGHTS_FILE).exists())
 
 
 def _compute_node(study_dir: Path, spec_json: str, node: Node, out: Path) -> dict:
@@ -75,18 +84,17 @@ def _compute_node(study_dir: Path, spec_json: str, node: Node, out: Path) -> dic
 class StudyProgress:
     """Prints nodes done/running/left, elapsed time and an estimate of what is left."""
 
-    def __init__(self, graph: Graph, study_dir: Path, workers: int) -> None:
-        self.total = len(graph.nodes)
-        self.todo = {name: node for name, node in graph.nodes.items() if not is_done(node_dir(study_dir, node))}
-        self.cached = self.total - len(self.todo)
+    def __init__(self, nodes: list[Node], todo: list[Node], study_dir: Path, workers: int) -> None:
+        self.todo = {node.name: node for node in todo}
+        finished = [node for node in nodes if node.name not in self.todo and is_done(node_dir(study_dir, node))]
+        self.total = len(finished) + len(todo)
+        self.cached = len(finished)
         self.workers = workers
         self.running: dict[str, Node] = {}
         self.seconds: dict[str, list[float]] = {}
         self.started_at = time.perf_counter()
-        for node in graph.nodes.values():
-            if node.name not in self.todo:
-                result = read_result(node_dir(study_dir, node))
-                self.seconds.setdefault(node.kind, []).append(result.get("seconds", 0.0))
+        for node in finished:
+            self.seconds.setdefault(node.kind, []).append(read_result(node_dir(study_dir, node)).get("seconds", 0.0))
 
     def started(self, node: Node) -> None:
         self.running[node.name] = node
@@ -131,10 +139,14 @@ def describe(graph: Graph, study_dir: Path) -> str:
 
 
 def run_study(spec: StudySpec, study_dir: Path, workers: int | None = None, dry_run: bool = False,
-              executor: Executor | None = None) -> Path | None:
+              executor: Executor | None = None, seeds: list[int] | None = None,
+              arms: list[str] | None = None) -> Path | None:
     """Run (or with `dry_run`, describe) a study on `executor` (default: local, `workers` processes); returns the
-    results table's path."""
+    results table's path. `seeds` and `arms` choose a slice: only its result cells and what they need are
+    computed, under the node keys of the whole study, so a slice computed anywhere can be merged."""
     graph = build_graph(spec)
+    cells = graph.cells(seeds, arms)
+    wanted = [*graph.base, *dict.fromkeys(use.eval for use in cells)]
     if dry_run:
         print(describe(graph, study_dir))
         return None
@@ -146,19 +158,21 @@ def run_study(spec: StudySpec, study_dir: Path, workers: int | None = None, dry_
     write_json(study_dir / "study.json", spec.model_dump())
     write_json(study_dir / "graph.json", {n.name: {"label": n.label, "parents": n.parents} for n in graph.nodes.values()})
     workers = workers or spec.workers
-    progress = StudyProgress(graph, study_dir, workers)
-    todo = [node for node in graph.nodes.values() if node.name in progress.todo]
-    print(f"[study] {len(graph.nodes)} nodes, {progress.cached} cached, {len(todo)} to run", file=sys.stderr)
+    todo = graph.to_run(wanted, lambda node: is_done(node_dir(study_dir, node)), lambda node: usable(study_dir, node))
+    progress = StudyProgress(graph.closure(wanted), todo, study_dir, workers)
+    sliced = f" (slice: {len(cells)} of {len(graph.uses)} result cells)" if len(cells) < len(graph.uses) else ""
+    print(f"[study] {len(graph.nodes)} nodes{sliced}, {progress.cached} cached, {len(todo)} to run", file=sys.stderr)
     executor = executor or make_executor("local", workers, study_dir)
     executor.run(todo, functools.partial(run_node, study_dir, spec.model_dump_json()), progress)
     path = write_results(spec, graph, study_dir)
+    finished = [node for node in graph.nodes.values() if is_done(node_dir(study_dir, node))]
     ran = phase_seconds(study_dir, todo)
     write_json(study_dir / "manifest.json", {
         **environment(), "study": spec.name, "seeds": spec.seeds, "nodes": len(graph.nodes), "ran_nodes": len(todo),
-        "data_files": _data_files(graph, study_dir),
+        "data_files": _data_files(study_dir, finished),
         "timings_seconds": {"this_invocation": round(time.perf_counter() - started, 1), "ran_by_phase_kind": ran,
                             "ran_by_part": part_seconds(study_dir, todo),
-                            "all_nodes_by_phase_kind": phase_seconds(study_dir, list(graph.nodes.values()))},
+                            "all_nodes_by_phase_kind": phase_seconds(study_dir, finished)},
         "peak_rss_mb": round(peak_rss_mb(), 1),
     })
     kinds = ", ".join(f"{kind} {_clock(seconds)}" for kind, seconds in ran.items())
@@ -195,18 +209,20 @@ def _result(study_dir: Path, name: str) -> dict:
     return read_result(study_dir / "nodes" / name)
 
 
-def _data_files(graph: Graph, study_dir: Path) -> dict[str, str]:
-    return {d["source"]: d["sha256"] for name in graph.nodes for d in _result(study_dir, name)["data"]}
+def _data_files(study_dir: Path, nodes: list[Node]) -> dict[str, str]:
+    return {d["source"]: d["sha256"] for node in nodes for d in read_result(node_dir(study_dir, node))["data"]}
 
 
 def write_results(spec: StudySpec, graph: Graph, study_dir: Path) -> Path:
-    """results.csv and results.jsonl: one row per arm x seed x evaluation task x language, with the primary
-    metric's name and score (results.jsonl also every metric, `scores`); base_model.csv: the base model's
-    scores on the retrieval evaluations, one row per task x language."""
+    """results.csv and results.jsonl: one row per arm x seed x evaluation task x language of every finished
+    result cell, with the primary metric's name and score (results.jsonl also every metric, `scores`);
+    base_model.csv: the base model's scores on the retrieval evaluations, one row per task x language."""
     arms = {arm.name: arm for arm in spec.arms}
     registry = load_registry([Path(p) for p in spec.task_dirs])
     rows = []
     for use in graph.uses:
+        if not is_done(study_dir / "nodes" / use.eval):
+            continue
         arm = arms.get(use.arm)
         evaluation = _result(study_dir, use.eval)
         examples, pieces = 0, 0

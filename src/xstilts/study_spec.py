@@ -13,14 +13,16 @@ from xstilts.tasks.registry import load_yaml, validation_message
 from xstilts.tasks.spec import StrictModel
 
 BASELINE = "baseline"
-ArmGroup = Literal["english", "low-resource", "mixed", "mlm"]  # the report compares arms by these
+ArmGroup = Literal["english", "low-resource", "mixed", "mlm", "control"]  # the report compares arms by these
 
 
 class Arm(StrictModel):
     """A named intermediate phase: its tasks (trained together when several), group and data cap.
 
     Groups: `english` and `low-resource` (labelled tasks in those languages), `mixed` (labelled tasks with
-    other data, e.g. low-resource NLI with masked LM alongside), `mlm` (masked LM on unlabelled text only).
+    other data, e.g. low-resource NLI with masked LM alongside), `mlm` (masked LM on unlabelled text only),
+    `control` (a positive control: an arm expected to help a lot, such as in-language NLI in the evaluation's
+    own languages; the report says whether the design detected it, and it never enters the primary question).
 
     `cap` subsamples every intermediate task to at most N examples (a fixed subsample per seed), so
     that arms can be compared at equal data size; without it the arm trains on the natural size."""

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from xstilts.report.statistics import CONFIDENCE
 
 MINUS = "−"
-GROUP_NAMES = {"english": "English", "low-resource": "low-resource", "mixed": "mixed", "mlm": "masked-LM"}
+GROUP_NAMES = {"english": "English", "low-resource": "low-resource", "mixed": "mixed", "mlm": "masked-LM", "control": "positive control"}
 METRIC_NAMES = {"f1": "F1"}  # as prose names them; others with spaces for underscores
 
 

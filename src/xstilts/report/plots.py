@@ -19,8 +19,8 @@ from xstilts.report.formatting import GROUP_NAMES, capitalised, metric_name, plu
 from xstilts.report.results import BASELINE_GROUP, EvalSet
 
 GROUP_COLORS = {"english": "#0072B2", "low-resource": "#D55E00", "mixed": "#009E73",  # colour-blind safe
-                "mlm": "#CC79A7"}
-GROUP_MARKERS = {"english": "o", "low-resource": "s", "mixed": "^", "mlm": "D"}
+                "mlm": "#CC79A7", "control": "#7F7F7F"}
+GROUP_MARKERS = {"english": "o", "low-resource": "s", "mixed": "^", "mlm": "D", "control": "P"}
 STYLE = {"font.size": 12, "axes.titlesize": 14, "axes.labelsize": 13, "xtick.labelsize": 12, "ytick.labelsize": 12,
          "legend.fontsize": 11}
 DPI = 150
