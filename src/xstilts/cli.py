@@ -46,6 +46,19 @@ def _study(args: argparse.Namespace) -> None:
               arms=args.arms)
 
 
+def _export(args: argparse.Namespace) -> None:
+    from xstilts.exchange import export_study
+
+    print(export_study(args.study_dir, args.output))
+
+
+def _merge(args: argparse.Namespace) -> None:
+    from xstilts.exchange import merge_exports
+
+    _output_dir(args.study_dir)
+    print(merge_exports(args.study_dir, args.exports))
+
+
 def _tasks(args: argparse.Namespace) -> None:
     from xstilts.pipeline import resolve_data_dir
     from xstilts.tasks.catalogue import describe_tasks
@@ -165,6 +178,16 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--arms", type=_name_list, help="compute only these arms' results (e.g. baseline,snli)")
     study.add_argument("--dry-run", action="store_true", help="print the graph and what is cached; run nothing")
     study.set_defaults(handler=_study)
+    export = commands.add_parser("export", help="write a study's finished results, predictions and provenance "
+                                                "(no weights) to a folder that travels")
+    export.add_argument("study_dir", type=Path)
+    export.add_argument("--output", type=Path, required=True, help="a new or empty folder")
+    export.set_defaults(handler=_export)
+    merge = commands.add_parser("merge", help="take exports (from other machines) into a study folder, then "
+                                              "rewrite its results; conflicting copies are refused")
+    merge.add_argument("study_dir", type=Path, help="the study folder (created if new)")
+    merge.add_argument("exports", type=Path, nargs="+", help="folders written by `xstilts export`")
+    merge.set_defaults(handler=_merge)
     tasks = commands.add_parser("tasks", help="list every task a study can name: type, metric, languages, "
                                               "splits, sources")
     tasks.add_argument("--task-dir", type=Path, action="append", help="a folder of your own task YAML files (repeatable)")

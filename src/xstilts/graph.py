@@ -133,13 +133,15 @@ def _inputs(tasks: list[TaskData], registry: TaskRegistry, data_dir: Path | None
     return inputs
 
 
-def build_graph(spec: StudySpec) -> Graph:
+def build_graph(spec: StudySpec, seed_precisions: dict[int, str] | None = None) -> Graph:
     """Every arm (baseline first) x seed: [intermediate] -> target -> one eval node per evaluation set; and
     for each retrieval evaluation (Tatoeba) one node scoring the base model's encoder, without parents.
 
     A node's key covers its settings, its parents, the resolved precision (a worker computes the node in that
-    precision) and its inputs (task specs and data file checksums)."""
+    precision) and its inputs (task specs and data file checksums). `seed_precisions` keeps a seed at the
+    precision it was computed at elsewhere (a seed is computed wholly at one); other seeds take this machine's."""
     precision = resolve_precision(spec.precision, pick_device())
+    seed_precisions = seed_precisions or {}
     common = {"model": spec.model, "max_length": spec.max_length, "precision": precision, "pooling": spec.pooling}
     registry = load_registry([Path(p) for p in spec.task_dirs])
     data_dir = resolve_data_dir(spec.data_dir)
@@ -151,6 +153,8 @@ def build_graph(spec: StudySpec) -> Graph:
                                                       "inputs": _inputs([data], registry, data_dir, training=False)},
                                              (), f"eval {data.task}/{data.split} of the base model")))
     for seed in spec.seeds:
+        common["precision"] = seed_precisions.get(seed, precision)
+        scoring = {**common, "result_format": EVAL_RESULT_FORMAT}
         for arm in [None, *spec.arms]:
             parent = None
             if arm is not None:
@@ -180,3 +184,35 @@ def build_graph(spec: StudySpec) -> Graph:
 def node_dir(study_dir: Path, node: Node) -> Path:
     """Where a node's outputs live."""
     return study_dir / "nodes" / node.name
+
+
+def precision_graphs(spec: StudySpec) -> dict[str, Graph]:
+    """The study's graph with every seed at each precision it could have been computed at ('auto': bf16 on
+    machines that have it, fp32 on the others; a fixed precision: that one alone)."""
+    options = ("bf16", "fp32") if spec.precision == "auto" else (spec.precision,)
+    return {precision: build_graph(spec, dict.fromkeys(spec.seeds, precision)) for precision in options}
+
+
+def seed_precisions(spec: StudySpec, study_dir: Path) -> dict[int, str]:
+    """The precision each seed's nodes in `study_dir` carry, for seeds with nodes there (begun or finished,
+    here or merged from elsewhere); a seed found at two precisions is an error, since its contrasts would
+    compare unlike runs."""
+    found: dict[int, set[str]] = {}
+    for precision, graph in precision_graphs(spec).items():
+        for use in graph.uses:
+            names = [name for name in (use.intermediate, use.target, use.eval) if name]
+            if any(node_dir(study_dir, graph.nodes[name]).exists() for name in names):
+                found.setdefault(use.seed, set()).add(precision)
+    mixed = {seed: sorted(precisions) for seed, precisions in found.items() if len(precisions) > 1}
+    if mixed:
+        seed, precisions = next(iter(mixed.items()))
+        raise XstiltsError(f"{study_dir}: seed {seed} has nodes at {' and '.join(precisions)}; a seed is computed "
+                           "at one precision (remove one copy's nodes of that seed)")
+    return {seed: precisions.pop() for seed, precisions in found.items()}
+
+
+def node_seed(graph: Graph, node: Node) -> int | None:
+    """The seed a node was trained with (an evaluation: its parent's); None for a base-model evaluation."""
+    while "seed" not in node.config and node.parents:
+        node = graph.nodes[node.parents[0]]
+    return node.config.get("seed")

@@ -189,11 +189,16 @@ def _finish(ctx: Context, directory: Path, result: dict) -> dict:
     device = ctx.device
     result["machine"] = machine(torch.cuda.get_device_name(device) if device.type == "cuda" else device.type)
     write_json(directory / RESULT_FILE, result)
+    mark_done(directory)
+    current_ranks().barrier()
+    return result
+
+
+def mark_done(directory: Path) -> None:
+    """Write the DONE marker of a phase whose result.json is written (atomically, so last)."""
     tmp = directory / (DONE_FILE + ".tmp")
     tmp.write_text(time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     os.replace(tmp, directory / DONE_FILE)
-    current_ranks().barrier()
-    return result
 
 
 def _provenance(splits: list[SplitData]) -> list[dict]:

@@ -15,7 +15,7 @@ from filelock import FileLock
 from xstilts.config import EvalData, TaskData, TrainConfig
 from xstilts.errors import XstiltsError
 from xstilts.executors import Executor, make_executor
-from xstilts.graph import Graph, Node, build_graph, node_dir
+from xstilts.graph import Graph, Node, build_graph, node_dir, node_seed, seed_precisions
 from xstilts.manifest import environment, write_json, write_text_atomically
 from xstilts.memory import peak_rss_mb
 from xstilts.model import WEIGHTS_FILE
@@ -144,7 +144,7 @@ def run_study(spec: StudySpec, study_dir: Path, workers: int | None = None, dry_
     """Run (or with `dry_run`, describe) a study on `executor` (default: local, `workers` processes); returns the
     results table's path. `seeds` and `arms` choose a slice: only its result cells and what they need are
     computed, under the node keys of the whole study, so a slice computed anywhere can be merged."""
-    graph = build_graph(spec)
+    graph = build_graph(spec, seed_precisions(spec, study_dir))
     cells = graph.cells(seeds, arms)
     wanted = [*graph.base, *dict.fromkeys(use.eval for use in cells)]
     if dry_run:
@@ -165,14 +165,14 @@ def run_study(spec: StudySpec, study_dir: Path, workers: int | None = None, dry_
     executor = executor or make_executor("local", workers, study_dir)
     executor.run(todo, functools.partial(run_node, study_dir, spec.model_dump_json()), progress)
     path = write_results(spec, graph, study_dir)
-    finished = [node for node in graph.nodes.values() if is_done(node_dir(study_dir, node))]
     ran = phase_seconds(study_dir, todo)
+    found = provenance(graph, study_dir)
     write_json(study_dir / "manifest.json", {
         **environment(), "study": spec.name, "seeds": spec.seeds, "nodes": len(graph.nodes), "ran_nodes": len(todo),
-        "data_files": _data_files(study_dir, finished),
+        "data_files": found["data_files"], "computed_on": found["computed_on"],
         "timings_seconds": {"this_invocation": round(time.perf_counter() - started, 1), "ran_by_phase_kind": ran,
                             "ran_by_part": part_seconds(study_dir, todo),
-                            "all_nodes_by_phase_kind": phase_seconds(study_dir, finished)},
+                            "all_nodes_by_phase_kind": found["all_nodes_by_phase_kind"]},
         "peak_rss_mb": round(peak_rss_mb(), 1),
     })
     kinds = ", ".join(f"{kind} {_clock(seconds)}" for kind, seconds in ran.items())
@@ -209,14 +209,32 @@ def _result(study_dir: Path, name: str) -> dict:
     return read_result(study_dir / "nodes" / name)
 
 
-def _data_files(study_dir: Path, nodes: list[Node]) -> dict[str, str]:
-    return {d["source"]: d["sha256"] for node in nodes for d in read_result(node_dir(study_dir, node))["data"]}
+def provenance(graph: Graph, study_dir: Path) -> dict:
+    """Of a study's finished nodes: the data files read with their checksums, the seconds by phase kind, and
+    per seed the precision, device kind and CPU model that computed it (`computed_on`)."""
+    finished = [node for node in graph.nodes.values() if is_done(node_dir(study_dir, node))]
+    computed_on: dict[str, list[dict]] = {}
+    data_files = {}
+    for node in finished:
+        result = read_result(node_dir(study_dir, node))
+        data_files.update({d["source"]: d["sha256"] for d in result["data"]})
+        machine = result.get("machine", {})
+        where = {"precision": node.config["precision"], "device": machine.get("device", "unknown"),
+                 "cpu": machine.get("cpu", "unknown")}
+        seed = node_seed(graph, node)
+        if seed is not None and where not in computed_on.setdefault(str(seed), []):
+            computed_on[str(seed)].append(where)
+    return {"data_files": data_files, "computed_on": computed_on,
+            "all_nodes_by_phase_kind": phase_seconds(study_dir, finished)}
 
 
-def write_results(spec: StudySpec, graph: Graph, study_dir: Path) -> Path:
+def write_results(spec: StudySpec, graph: Graph, study_dir: Path, into: Path | None = None,
+                  predictions_suffix: str = "") -> Path:
     """results.csv and results.jsonl: one row per arm x seed x evaluation task x language of every finished
     result cell, with the primary metric's name and score (results.jsonl also every metric, `scores`);
-    base_model.csv: the base model's scores on the retrieval evaluations, one row per task x language."""
+    base_model.csv: the base model's scores on the retrieval evaluations, one row per task x language.
+    Read from `study_dir`, written `into` it or another folder (an export, whose predictions files carry
+    `predictions_suffix`)."""
     arms = {arm.name: arm for arm in spec.arms}
     registry = load_registry([Path(p) for p in spec.task_dirs])
     rows = []
@@ -239,17 +257,18 @@ def write_results(spec: StudySpec, graph: Graph, study_dir: Path) -> Path:
                 "metric": value["metric"], "score": value["score"], "scores": value["scores"], "n": value["n"],
                 "parallel": registry.get(evaluation["task"]).parallel, "eval_node": use.eval, "target_node": use.target,
                 "intermediate_node": use.intermediate or "",
-                "predictions": str(Path("nodes") / use.eval / "predictions" / f"{language}.csv"),
+                "predictions": str(Path("nodes") / use.eval / "predictions" / f"{language}.csv{predictions_suffix}"),
             })
-    path = study_dir / "results.csv"
+    into = into or study_dir
+    path = into / "results.csv"
     table = [{column: row[column] for column in RESULT_COLUMNS} for row in rows]  # `scores` only in results.jsonl
     write_text_atomically(path, _csv(RESULT_COLUMNS, table))
-    write_text_atomically(study_dir / "results.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+    write_text_atomically(into / "results.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
     base = [{"task": result["task"], "split": result["split"], "language": language, "metric": value["metric"],
              "score": value["score"], "n": value["n"], "eval_node": name}
             for name in graph.base for result in [_result(study_dir, name)] for language, value in result["languages"].items()]
     if base:
-        write_text_atomically(study_dir / BASE_MODEL_FILE, _csv(list(base[0]), base))
+        write_text_atomically(into / BASE_MODEL_FILE, _csv(list(base[0]), base))
     return path
 
 

@@ -1,0 +1,173 @@
+"""Slices, exports and merges: a study computed in pieces on several machines is the study computed whole."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import xstilts.graph
+from xstilts.errors import XstiltsError
+from xstilts.exchange import export_study, merge_exports
+from xstilts.graph import build_graph
+from xstilts.precision import pick_device, resolve_precision
+from xstilts.report import write_report
+from xstilts.study import run_study
+from xstilts.study_spec import StudySpec
+from helpers import SNLI, one_line_error, tiny_study
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+WEIGHT_SUFFIXES = {".safetensors", ".pt", ".bin", ".pth", ".ckpt"}
+
+
+@pytest.fixture(scope="module")
+def spec(tiny_model_dir, shared_data_dir) -> StudySpec:
+    return StudySpec(**{**tiny_study(tiny_model_dir, shared_data_dir, [SNLI]), "seeds": [3, 4]})
+
+
+@pytest.fixture(scope="module")
+def whole(spec, tmp_path_factory) -> Path:
+    """The two-seed study computed whole, in one folder."""
+    study_dir = tmp_path_factory.mktemp("whole")
+    run_study(spec, study_dir)
+    return study_dir
+
+
+@pytest.fixture(scope="module")
+def slices(spec, tmp_path_factory) -> list[Path]:
+    """Seed 3 and seed 4 computed in two separate folders and exported."""
+    root = tmp_path_factory.mktemp("slices")
+    exports = []
+    for seed in spec.seeds:
+        run_study(spec, root / f"seed{seed}", seeds=[seed])
+        export_study(root / f"seed{seed}", root / f"export{seed}")
+        exports.append(root / f"export{seed}")
+    return exports
+
+
+def _copy_tree(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    return target
+
+
+def test_a_slice_computes_only_its_seed(spec, slices):
+    seed3 = slices[0].parent / "seed3"
+    results = pd.read_csv(seed3 / "results.csv")
+    assert set(results.seed) == {3} and set(results.arm) == {"baseline", "snli"}
+    graph = build_graph(spec)
+    computed = {path.parent.name for path in (seed3 / "nodes").glob("*/DONE")}
+    seed4 = {name for use in graph.uses if use.seed == 4 for name in (use.intermediate, use.target, use.eval) if name}
+    assert computed and not computed & seed4 and len(computed) == 5
+
+
+def test_slices_exported_and_merged_equal_the_study_computed_whole(spec, whole, slices, tmp_path, capsys):
+    for export in slices:
+        files = [path for path in export.rglob("*") if path.is_file()]
+        assert not [path for path in files if path.suffix in WEIGHT_SUFFIXES]  # an export holds no weights
+        assert any(path.name.endswith(".csv.gz") for path in files)
+    merged = tmp_path / "merged"
+    merge_exports(merged, slices)
+    assert (merged / "results.csv").read_text() == (whole / "results.csv").read_text()
+    computed_on = json.loads((merged / "manifest.json").read_text())["computed_on"]
+    assert set(computed_on) == {"3", "4"}
+    assert computed_on["3"][0]["precision"] == resolve_precision("auto", pick_device())
+
+    # finished evaluations whose trained ancestors stayed on other machines are not computed again
+    capsys.readouterr()
+    run_study(spec, merged)
+    assert "0 to run" in capsys.readouterr().err
+    assert not list((merged / "nodes").glob("*/model.safetensors"))
+
+    # merging the same exports again takes nothing in and changes nothing
+    before = (merged / "results.csv").read_text()
+    assert "0 nodes taken in, 10 already there" in merge_exports(merged, slices)
+    assert (merged / "results.csv").read_text() == before
+
+    # the report reads an export directly (compressed predictions) and agrees with the whole study's
+    export_study(merged, tmp_path / "all")
+    write_report(tmp_path / "all")
+    write_report(whole)
+    assert (pd.read_csv(tmp_path / "all" / "report" / "summary.csv")
+            .equals(pd.read_csv(whole / "report" / "summary.csv")))
+
+
+def test_a_missing_parent_is_trained_again_only_when_an_unfinished_node_needs_it(spec, slices, tmp_path, capsys):
+    merged = tmp_path / "merged"
+    merge_exports(merged, slices[:1])
+    graph = build_graph(spec)
+    use = next(use for use in graph.uses if use.seed == 3 and use.arm == "snli")
+    evaluation = merged / "nodes" / use.eval
+    for path in [evaluation / "DONE", *evaluation.glob("predictions/*")]:
+        path.unlink()
+    capsys.readouterr()
+    run_study(spec, merged, seeds=[3])
+    # the evaluation, its target and the target's intermediate parent (both imported without weights)
+    assert "3 to run" in capsys.readouterr().err
+    assert (merged / "nodes" / use.target / "model.safetensors").exists()
+    assert (merged / "nodes" / use.intermediate / "model.safetensors").exists()
+    baseline = next(use for use in graph.uses if use.seed == 3 and use.arm == "baseline")
+    assert not (merged / "nodes" / baseline.target / "model.safetensors").exists()  # nothing needed it
+
+
+def test_two_different_copies_of_one_node_are_refused(slices, tmp_path):
+    forged = _copy_tree(slices[0], tmp_path / "forged")
+    predictions = next(forged.glob("nodes/eval-*/predictions/en.csv.gz"))
+    table = pd.read_csv(predictions)
+    table.loc[0, "correct"] = 1 - table.loc[0, "correct"]
+    predictions.write_bytes(gzip.compress(table.to_csv(index=False).encode()))
+    with pytest.raises(XstiltsError) as excinfo:
+        merge_exports(tmp_path / "merged", [slices[0], forged])
+    one_line_error(excinfo, str(predictions.parents[1]), "differs from the copy in", str(slices[0]))
+    assert not (tmp_path / "merged" / "nodes").exists()  # checked before anything is written
+
+
+def test_a_seed_computed_at_two_precisions_or_on_two_device_kinds_is_refused(spec, slices, tmp_path, monkeypatch):
+    local = resolve_precision("auto", pick_device())
+    other = "fp32" if local == "bf16" else "bf16"
+    monkeypatch.setattr(xstilts.graph, "resolve_precision", lambda precision, device: other)
+    run_study(spec, tmp_path / "other", seeds=[3], arms=["snli"])  # bf16 autocast runs (emulated) on any CPU
+    monkeypatch.undo()
+    export_study(tmp_path / "other", tmp_path / "other-export")
+    baseline_only = tmp_path / "baseline"
+    run_study(spec, baseline_only, seeds=[3], arms=["baseline"])
+    export_study(baseline_only, tmp_path / "baseline-export")
+    with pytest.raises(XstiltsError) as excinfo:
+        merge_exports(tmp_path / "merged", [tmp_path / "baseline-export", tmp_path / "other-export"])
+    one_line_error(excinfo, "seed 3 was computed at", other, local, "like with like")
+
+    gpu = _copy_tree(slices[0], tmp_path / "gpu")
+    snli_nodes = [name for name, info in json.loads((gpu / "export.json").read_text())["nodes"].items()
+                  if "snli" in info["label"]]
+    for name in snli_nodes:
+        result_file = gpu / "nodes" / name / "result.json"
+        result = json.loads(result_file.read_text())
+        result["machine"]["device"] = "NVIDIA H200"
+        result_file.write_text(json.dumps(result))
+    with pytest.raises(XstiltsError) as excinfo:
+        merge_exports(tmp_path / "merged-gpu", [tmp_path / "baseline-export", gpu])
+    one_line_error(excinfo, "seed 3 was computed", "NVIDIA H200", "cpu")
+
+
+def test_an_export_whose_config_does_not_hash_to_its_name_is_refused(slices, tmp_path):
+    edited = _copy_tree(slices[0], tmp_path / "edited")
+    manifest = json.loads((edited / "export.json").read_text())
+    name = next(iter(manifest["nodes"]))
+    manifest["nodes"][name]["config"]["seed"] = 99
+    (edited / "export.json").write_text(json.dumps(manifest))
+    with pytest.raises(XstiltsError) as excinfo:
+        merge_exports(tmp_path / "merged", [edited])
+    one_line_error(excinfo, name, "hashes to")
+
+
+def test_unknown_slice_names_are_one_line_errors(spec, tmp_path):
+    with pytest.raises(XstiltsError) as excinfo:
+        run_study(spec, tmp_path / "x", seeds=[7])
+    one_line_error(excinfo, "--seeds 7 is not a seed of this study", "3, 4")
+    with pytest.raises(XstiltsError) as excinfo:
+        run_study(spec, tmp_path / "x", arms=["snl"])
+    one_line_error(excinfo, "--arms 'snl'", "did you mean 'snli'")
