@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from test_report import ARMS, make_study
 from xstilts.cli import main
 from xstilts.config import EvalData, TargetConfig, TaskData, TrainConfig
 from xstilts.errors import XstiltsError
-from xstilts.plan import Cost, load_plan, plan_study, study_seconds
+from xstilts.plan import MIN_DESIGN_SEEDS, Cost, designs, load_plan, plan_study, row_counter, study_seconds, with_items
 from xstilts.report.statistics import seeds_needed
 from xstilts.study_spec import Arm, StudySpec
 
@@ -92,3 +93,26 @@ def test_a_pilot_with_one_seed_is_refused(tmp_path: Path) -> None:
 def test_cost_fit_with_one_size_is_a_rate() -> None:
     assert Cost.fit([100, 100], [10, 12]) == Cost(0.0, 0.11)
 
+
+
+@pytest.mark.parametrize("train_std, item_se, sizes, expected_items", [
+    # seeds noisy, items quiet: the fewest items, more seeds
+    (0.02, 0.002, [250, 500, 1000, 2000, 3000, 5010], 250),
+    # items noisy (2 points at the pilot's 100 items; 1.27 points at 250, too much for a 3-point effect
+    # at 80% power whatever the seeds): the fewest items at which the 4-seed floor suffices
+    (0.003, 0.02, [500, 1000, 2000, 3000, 5010], 1000),
+])
+def test_the_cheapest_design_trades_seeds_against_test_items(tmp_path: Path, shared_data_dir: Path, train_std: float,
+                                                             item_se: float, sizes: list[int],
+                                                             expected_items: int) -> None:
+    plan = load_plan(_pilot(tmp_path))
+    planted = replace(plan, estimate=replace(plan.estimate, train_variance=train_std ** 2, item_variance=item_se ** 2))
+    spec = _planned(shared_data_dir)
+    options = designs(spec, planted, 3.0, "xnli/test", row_counter(spec))
+    assert [d.items for d in options] == sizes
+    for design in options:
+        needed = seeds_needed(planted.estimate, 0.03, planted.pilot_items / design.items)
+        assert design.seeds == max(MIN_DESIGN_SEEDS, needed)
+        assert design.seconds == study_seconds(with_items(spec, "xnli/test", None if design.items == 5010 else design.items),
+                                               design.seeds, planted)
+    assert min(options, key=lambda d: d.total).items == expected_items

@@ -311,3 +311,23 @@ def test_every_arm_group_a_study_accepts_has_a_name_colour_and_marker_in_the_rep
     assert set(GROUPS) == groups | {"baseline"}
     assert set(GROUP_NAMES) == set(GROUP_COLORS) == set(GROUP_MARKERS) == groups
     assert len(set(GROUP_COLORS.values())) == len(set(GROUP_MARKERS.values())) == len(groups)
+
+
+@pytest.mark.parametrize("gain, verdict", [(0.15, "the design detected it."), (0.0, "the design did NOT detect")])
+def test_the_positive_control_is_checked_before_the_primary_question(tmp_path: Path, gain: float, verdict: str) -> None:
+    """A planted large gain on the control arm is reported as detected; no gain, as not detected; both in the
+    design checks, which come before the primary question, with the A/A check."""
+    arms = [*ARMS, ("xnli-dev", "control", "fr;sw", True, 10_000, gain)]
+    study = make_study(tmp_path, arms=arms, seeds=[1, 2, 3, 4])
+    manifest = json.loads((study / "manifest.json").read_text())
+    manifest["computed_on"] = {"1": [{"precision": "bf16", "device": "cpu", "cpu": "Xeon A"}],
+                               "2": [{"precision": "fp32", "device": "cpu", "cpu": "EPYC B"}]}
+    (study / "manifest.json").write_text(json.dumps(manifest))
+    markdown = (write_report(study).parent / "report.md").read_text()
+    checks = markdown.split("## Design checks")[1].split("## Primary question")[0]
+    control = next(line for line in checks.splitlines() if line.startswith("Positive control"))
+    assert "'xnli-dev'" in control and verdict in control
+    assert "Calibration check (A/A)" in checks
+    assert "| 2 | fp32 | cpu | EPYC B |" in markdown  # where each seed was computed
+    primary = analyse(load_results(study)).primary
+    assert "xnli-dev" not in primary.english + primary.low_resource  # the control never enters the question

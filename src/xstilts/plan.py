@@ -138,6 +138,47 @@ def study_seconds(spec: StudySpec, seeds: int, plan: Plan, counter: RowCounter |
     return totals
 
 
+ITEM_CHOICES = (250, 500, 1000, 2000, 3000)  # items per language tried by the design search, besides the full set
+MIN_DESIGN_SEEDS = 4  # the A/A check splits the baseline's seeds in halves of at least 2
+
+
+@dataclass(frozen=True)
+class Design:
+    """A study design for one effect: seeds, items per language of the primary evaluation, wall time."""
+
+    seeds: int
+    items: int
+    seconds: dict[str, float]
+
+    @property
+    def total(self) -> float:
+        return sum(self.seconds.values())
+
+
+def with_items(spec: StudySpec, evaluation: str, items: int | None) -> StudySpec:
+    """The spec with the primary evaluation capped at `items` per language (None: every item)."""
+    evaluate = [e.model_copy(update={"max_examples": items}) if f"{e.task}/{e.split}" == evaluation else e
+                for e in spec.evaluate]
+    return spec.model_copy(update={"evaluate": evaluate})
+
+
+def designs(spec: StudySpec, plan: Plan, effect: float, evaluation: str, counter: RowCounter) -> list[Design]:
+    """For each number of items per language (ITEM_CHOICES up to the full set, and the full set), the fewest
+    seeds (at least MIN_DESIGN_SEEDS) that detect `effect` (points) with 80% power, and that design's wall
+    time; sizes at which no number of seeds suffices are left out. The test items are the same for every
+    seed, so their variance does not shrink with seeds: only more items lower it."""
+    data = next(e for e in spec.evaluate if f"{e.task}/{e.split}" == evaluation)
+    full = int(np.mean(counter.rows(data.model_copy(update={"max_examples": None}))))
+    found = []
+    for items in sorted({size for size in ITEM_CHOICES if size < full} | {full}):
+        seeds = seeds_needed(plan.estimate, effect / 100, plan.pilot_items / items)
+        if seeds is not None:
+            seeds = max(seeds, MIN_DESIGN_SEEDS)
+            planned = with_items(spec, evaluation, None if items == full else items)
+            found.append(Design(seeds, items, study_seconds(planned, seeds, plan, counter)))
+    return found
+
+
 def _clock(seconds: float) -> str:
     minutes = round(seconds / 60)
     return f"{minutes // 60} h {minutes % 60:02d} min"
@@ -166,10 +207,19 @@ def plan_study(spec: StudySpec, pilot_dir: Path, effects: list[float], workers: 
         if seeds is None:
             lines.append(f"  {effect:.2f} points: not reachable by seeds alone at this test-set size (the item "
                          "variance alone exceeds it); evaluate more items")
+        else:
+            seconds = study_seconds(spec, seeds, plan, counter)
+            parts = ", ".join(f"{kind} {_clock(value)}" for kind, value in seconds.items())
+            lines.append(f"  {effect:.2f} points with 80% power at α = 0.05: {seeds} seeds; estimated wall time "
+                         f"{_clock(sum(seconds.values()) / workers)} with {workers} worker{'s' * (workers > 1)} "
+                         f"({parts})")
+        options = designs(spec, plan, effect, evaluation, counter)
+        if not options:
+            lines.append(f"    design: no test-set size of {evaluation} reaches {effect:.2f} points")
             continue
-        seconds = study_seconds(spec, seeds, plan, counter)
-        parts = ", ".join(f"{kind} {_clock(value)}" for kind, value in seconds.items())
-        lines.append(f"  {effect:.2f} points with 80% power at α = 0.05: {seeds} seeds; estimated wall time "
-                     f"{_clock(sum(seconds.values()) / workers)} with {workers} worker{'s' * (workers > 1)} "
-                     f"({parts})")
+        best = min(options, key=lambda design: design.total)
+        others = "; ".join(f"{d.items} items: {d.seeds} seeds, {_clock(d.total / workers)}"
+                           for d in options if d is not best)
+        lines.append(f"    cheapest design: {best.seeds} seeds x {best.items} items per language, "
+                     f"{_clock(best.total / workers)}" + (f" (else {others})" if others else ""))
     return "\n".join(lines)

@@ -16,7 +16,7 @@ from xstilts.report.results import BASELINE_GROUP, GROUPS, EvalSet, Results
 from xstilts.report.statistics import ALPHA, Estimate, contrast, holm
 
 AVERAGE = "avg"
-ENGLISH, LOW_RESOURCE = "english", "low-resource"
+ENGLISH, LOW_RESOURCE, CONTROL = "english", "low-resource", "control"
 DIFFERENCE = "english − low-resource"
 ARM_GROUPS = GROUPS[1:]
 SUBSETS = ("in-language", "other languages", "size-matched", "natural-size")

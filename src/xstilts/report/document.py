@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from xstilts.report.analysis import ARM_GROUPS, AVERAGE, DIFFERENCE, SUBSETS, Analysis
-from xstilts.report.findings import aa_findings, caveats, findings, primary_findings
+from xstilts.report.findings import aa_findings, caveats, control_findings, findings, primary_findings
 from xstilts.report.formatting import (GROUP_NAMES, bracketed, capitalised, metric_name, p_cell, plural, points, span,
                                        with_std)
 from xstilts.report.plots import plot_file
@@ -193,6 +193,10 @@ def _protocol(analysis: Analysis, protocol: Protocol) -> list[Block]:
                                 "; ".join(f"{key} = {value}" for key, value in flatten(spec)) or "–"])
     blocks.append(Table(["task", "split", "languages", "examples per language", "selection"], evaluation_rows,
                         f"Evaluation sets; seeds: {', '.join(map(str, results.seeds))}."))
+    if protocol.computed_on:
+        blocks.append(Table(["seed", "precision", "device", "CPU"], protocol.computed_on,
+                            "Where each seed was computed (manifest.json). A seed is computed at one precision on "
+                            "one device kind, so its contrasts compare like with like; seeds may differ."))
     blocks.append(Table(["item", "value"], [list(pair) for pair in protocol.code], "Code version and environment "
                         "(manifest.json)."))
     if protocol.data_files:
@@ -206,16 +210,17 @@ def build_document(analysis: Analysis, protocol: Protocol, title: str, base_mode
     results = analysis.results
     sets = ", ".join(f"{task} {split}" for task, split in results.eval_sets)
     question = text(protocol.study.get("description") or QUESTION)
+    checks = [*control_findings(analysis), *aa_findings(analysis)]
     return [
         Heading(title, 1),
         Paragraph(f"{question} Each of the {len(results.arms) - 1} intermediate-task arms is compared with the "
                   f"baseline arm {results.baseline!r} (no intermediate training) on {sets}, over "
                   f"{plural(len(results.seeds), 'seed')}."),
+        *([Heading("Design checks"), *(Paragraph(paragraph) for paragraph in checks)] if checks else []),
         Heading("Primary question"),
         *(Paragraph(paragraph) for paragraph in primary_findings(analysis, protocol)),
         Heading("Findings"),
         *(Paragraph(paragraph) for paragraph in findings(analysis)),
-        *(Paragraph(paragraph) for paragraph in aa_findings(analysis)),
         Heading("Caveats", 3),
         Bullets(caveats(analysis, protocol)),
         *(block for eval_set in results.eval_sets for block in _results_section(analysis, eval_set)),

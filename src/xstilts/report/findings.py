@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
-from xstilts.report.analysis import ARM_GROUPS, AVERAGE, DIFFERENCE, ENGLISH, LOW_RESOURCE, Analysis
+from xstilts.report.analysis import ARM_GROUPS, AVERAGE, CONTROL, DIFFERENCE, ENGLISH, LOW_RESOURCE, Analysis
 from xstilts.report.formatting import GROUP_NAMES, capitalised, interval, metric_name, p_value, plural, points, span
 from xstilts.report.protocol import Protocol, task_label
 from xstilts.report.results import BASELINE_GROUP, EvalSet
@@ -129,6 +131,34 @@ def primary_findings(analysis: Analysis, protocol: Protocol) -> list[str]:
              f"{points(estimate.train_variance ** 0.5, False)} points std per seed, test items "
              f"{points(estimate.item_variance ** 0.5, False)} points standard error); {seeds_sentence(estimate)}.")
     return [verdict, power, _scope(analysis, protocol)]
+
+
+def control_findings(analysis: Analysis) -> list[str]:
+    """The positive control: arms expected to help a lot (group `control`), each tested alone on the average of
+    the A/A check's evaluation set. A design that cannot see a known effect says so first."""
+    cells = analysis.cells_of(analysis.aa_eval_set)
+    controls = cells[(cells["group"] == CONTROL) & (cells["language"] == AVERAGE)]
+    name = " ".join(analysis.aa_eval_set)
+    if controls.empty:
+        return [] if analysis.primary is None else [
+            f"This study has no positive control (an arm of group {CONTROL!r} expected to help a lot), so nothing "
+            f"shows that its design can detect a known effect on {name}."]
+    sentences = []
+    metric = metric_name(analysis.results.metric(analysis.aa_eval_set))
+    for _, cell in controls.iterrows():
+        head = (f"Positive control: the arm {cell['arm']!r}, expected to help a lot, changed average {metric} on "
+                f"{name} by {points(cell['delta'])} points")
+        if math.isnan(cell["p"]):
+            sentences.append(f"{head}; with {plural(int(cell['seeds']), 'seed')} the design cannot test it.")
+        elif cell["ci_low"] > 0:
+            sentences.append(f"{head} ({interval(cell['ci_low'], cell['ci_high'])}, {p_value(cell['p'])}, tested "
+                             f"alone, {plural(int(cell['seeds']), 'seed')}): the design detected it.")
+        else:
+            sentences.append(f"{head} ({interval(cell['ci_low'], cell['ci_high'])}, {p_value(cell['p'])}, tested "
+                             f"alone, {plural(int(cell['seeds']), 'seed')}): the design did NOT detect this known "
+                             "effect, so it can miss real ones; read the primary question's answer with that in "
+                             "mind.")
+    return sentences
 
 
 def aa_findings(analysis: Analysis) -> list[str]:

@@ -130,6 +130,18 @@ class Protocol:
         return isinstance(code, dict) and code.get("dirty") is True
 
     @property
+    def computed_on(self) -> list[list[str]]:
+        """Rows (seed, precision, device, CPU) of where each seed's nodes were computed (manifest.json); a seed
+        computed on several machines (allowed across its arms only at one precision and device kind) has a row
+        for each."""
+        seeds = self.manifest.get("computed_on")
+        if not isinstance(seeds, dict):
+            return []
+        return [[str(seed), text(where.get("precision")), text(where.get("device")), text(where.get("cpu"))]
+                for seed, places in sorted(seeds.items(), key=lambda item: str(item[0]).zfill(8))
+                if isinstance(places, list) for where in places if isinstance(where, dict)]
+
+    @property
     def data_files(self) -> list[tuple[str, str]]:
         """(path, sha256) of every data file the manifest lists."""
         files = self.manifest.get("data_files")
