@@ -60,7 +60,7 @@ def _merge(args: argparse.Namespace) -> None:
 
 
 def _tasks(args: argparse.Namespace) -> None:
-    from xstilts.pipeline import resolve_data_dir
+    from xstilts.config import resolve_data_dir
     from xstilts.tasks.catalogue import describe_tasks
     from xstilts.tasks.registry import load_registry
 

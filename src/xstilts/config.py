@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, ValidationError, model_validator
 
 from xstilts.errors import XstiltsError
+from xstilts.names import PathName
 from xstilts.tasks.registry import load_yaml, validation_message
 from xstilts.tasks.spec import SplitName, StrictModel
 
@@ -18,7 +20,7 @@ class TaskData(StrictModel):
 
     task: str
     split: SplitName = "train"
-    languages: list[str] | None = None
+    languages: list[PathName] | None = None
     max_examples: int | None = Field(default=None, gt=0)
     source: Literal["auto", "local", "hub"] = "auto"
     loss_weight: float = Field(default=1.0, gt=0, exclude_if=lambda weight: weight == 1.0,
@@ -75,12 +77,18 @@ class TrainConfig(StrictModel):
                     "(checkpoint averaging; replaces best-checkpoint selection)")
 
 
-class IntermediateConfig(StrictModel):
+class TaskMixing(StrictModel):
+    """How a phase of several tasks draws its next batch's task: in proportion to the tasks' sizes, in
+    proportion to size ** (1 / temperature), or uniformly."""
+
+    sampling: Literal["proportional", "temperature", "uniform"] = "proportional"
+    temperature: float = Field(default=2.0, gt=0)
+
+
+class IntermediateConfig(TaskMixing):
     """The intermediate phase: one task, or several trained together with sampled batches."""
 
     tasks: list[TaskData] = Field(min_length=1)
-    sampling: Literal["proportional", "temperature", "uniform"] = "proportional"
-    temperature: float = Field(default=2.0, gt=0)
     train: TrainConfig = TrainConfig()
 
 
@@ -108,7 +116,7 @@ class TargetConfig(StrictModel):
 class RunConfig(StrictModel):
     """One X-STILTs run: base model -> [intermediate] -> target -> zero-shot evaluation."""
 
-    name: str = "run"
+    name: PathName = "run"
     model: str = "embedded"
     seed: int = 13
     max_length: int = Field(default=128, ge=8)
@@ -137,6 +145,17 @@ def check_unique_evaluations(evaluate: list[EvalData]) -> None:
     repeated = sorted({f"{t}/{s}" for t, s in pairs if pairs.count((t, s)) > 1})
     if repeated:
         raise ValueError(f"evaluate lists {', '.join(repeated)} more than once; list its languages in one entry")
+
+
+def resolve_data_dir(configured: str | None) -> Path | None:
+    """The data folder: the config's or --data-dir, else $XSTILTS_DATA_DIR, else None (Hub sources)."""
+    value = configured or os.environ.get("XSTILTS_DATA_DIR")
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise XstiltsError(f"{path}: data folder not found")
+    return path
 
 
 def parse_config(data: dict, where: str | Path) -> RunConfig:

@@ -23,7 +23,8 @@ from xstilts.errors import XstiltsError
 from xstilts.manifest import write_json, write_text_atomically
 from xstilts.model import HEADS_FILE, read_heads
 from xstilts.phases import Context, check_plan, eval_node
-from xstilts.pipeline import evaluation_summary, format_table, make_context, resolve_data_dir
+from xstilts.config import resolve_data_dir
+from xstilts.pipeline import evaluation_summary, format_table, make_context
 from xstilts.study import run_study
 from xstilts.study_spec import StudySpec
 from xstilts.task_types import task_type

@@ -20,7 +20,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from xstilts.errors import XstiltsError
-from xstilts.graph import Graph, Node, build_graph, node_dir, node_seed, precision_graphs, seed_precisions
+from xstilts.graph import (NODE_CONFIGS, Graph, Node, build_graph, node_dir, node_seed, precision_graphs,
+                           seed_precisions)
 from xstilts.manifest import environment, write_json, write_text_atomically
 from xstilts.phases import RESULT_FILE, is_done, mark_done, read_result
 from xstilts.study import provenance, write_results
@@ -51,7 +52,7 @@ def _read_spec(folder: Path) -> StudySpec:
 def _where(graph: Graph, node: Node, result: dict) -> tuple[int | None, str, str, str]:
     """(seed, precision, device kind, CPU model) of a finished node."""
     machine = result.get("machine") if isinstance(result.get("machine"), dict) else {}
-    return (node_seed(graph, node), node.config["precision"], str(machine.get("device", "unknown")),
+    return (node_seed(graph, node), node.config.precision, str(machine.get("device", "unknown")),
             str(machine.get("cpu", "unknown")))
 
 
@@ -78,7 +79,7 @@ def export_study(study_dir: Path, output: Path) -> str:
                 packed.write(predictions.read_bytes())
         seed, precision, device, cpu = _where(graph, node, result)
         nodes[node.name] = {"kind": node.kind, "label": node.label, "parents": list(node.parents),
-                            "config": node.config, "seed": seed, "precision": precision, "device": device, "cpu": cpu}
+                            "config": node.config.model_dump(), "seed": seed, "precision": precision, "device": device, "cpu": cpu}
     if not nodes:
         raise XstiltsError(f"{study_dir}: no finished nodes to export")
     write_json(output / "study.json", spec.model_dump())
@@ -140,9 +141,11 @@ def _export_copies(export: Path, spec: StudySpec) -> dict[str, _Copy]:
         if not NODE_NAME.fullmatch(str(name)):
             raise XstiltsError(f"{path}: {name!r} is not a node name")
         try:
-            node = Node(info["kind"], info["config"], tuple(info["parents"]), info["label"])
-        except (KeyError, TypeError) as error:
-            raise XstiltsError(f"{path}: node {name}: missing or malformed {error}") from None
+            config = NODE_CONFIGS[info["kind"]](**info["config"])
+            node = Node(info["kind"], config, tuple(info["parents"]), info["label"])
+        except (KeyError, TypeError, ValidationError) as error:
+            first = str(error).splitlines()[0]
+            raise XstiltsError(f"{path}: node {name}: a missing or malformed entry ({first})") from None
         if node.name != name:
             raise XstiltsError(f"{path}: node {name}: its config hashes to {node.name} (edited or damaged)")
         folder = export / "nodes" / name

@@ -10,14 +10,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 
-from xstilts.config import TaskData
+from pydantic import Field
+
+from xstilts.config import EvalData, TaskData, TaskMixing, TrainConfig, resolve_data_dir
 from xstilts.errors import XstiltsError
-from xstilts.pipeline import resolve_data_dir
 from xstilts.precision import pick_device, resolve_precision
 from xstilts.study_spec import BASELINE, StudySpec
 from xstilts.task_types import task_type
 from xstilts.tasks.readers import input_fingerprint
 from xstilts.tasks.registry import TaskRegistry, load_registry
+from xstilts.tasks.spec import StrictModel
 
 # An evaluation node's result.json layout, in its key: results of an older layout (per-language `accuracy`,
 # before `metric`/`score`) are scored again instead of read; trained nodes stay cached.
@@ -26,19 +28,64 @@ EVAL_RESULT_FORMAT = 2
 NodeKind = Literal["intermediate", "target", "eval"]
 
 
+class PhaseSettings(StrictModel):
+    """What every node shares: the base model, sequence length, the precision resolved for it, pooling."""
+
+    model: str
+    max_length: int
+    precision: Literal["bf16", "fp32"]
+    pooling: Literal["mean", "cls"]
+
+
+class IntermediateNodeConfig(PhaseSettings, TaskMixing):
+    """An intermediate phase: its (capped) tasks trained together, how batches are sampled across them."""
+
+    seed: int
+    tasks: list[TaskData]
+    inputs: dict
+    train: TrainConfig
+
+
+class TargetNodeConfig(PhaseSettings):
+    """A target phase; `carry` and `carry_head` are set only after an intermediate phase (left out of the
+    key otherwise)."""
+
+    seed: int
+    task: TaskData
+    inputs: dict
+    train: TrainConfig
+    carry: Literal["encoder", "encoder_and_head"] | None = Field(default=None, exclude_if=lambda value: value is None)
+    carry_head: str | None = Field(default=None, exclude_if=lambda value: value is None)
+
+
+class EvalNodeConfig(PhaseSettings):
+    """An evaluation: the set, the head that scores it (None: a retrieval task scores the encoder)."""
+
+    result_format: int
+    data: EvalData
+    head: str | None
+    inputs: dict
+
+
+NodeConfig = IntermediateNodeConfig | TargetNodeConfig | EvalNodeConfig
+NODE_CONFIGS: dict[str, type[NodeConfig]] = {"intermediate": IntermediateNodeConfig, "target": TargetNodeConfig,
+                                             "eval": EvalNodeConfig}
+
+
 @dataclass(frozen=True)
 class Node:
     """One phase: what defines it (`config`), the nodes it builds on, and a human label."""
 
     kind: NodeKind
-    config: dict
+    config: NodeConfig
     parents: tuple[str, ...]  # names of the parent nodes
     label: str
 
     @property
     def key(self) -> str:
         """Content hash of kind, config and parents."""
-        text = json.dumps({"kind": self.kind, "config": self.config, "parents": self.parents}, sort_keys=True)
+        text = json.dumps({"kind": self.kind, "config": self.config.model_dump(), "parents": self.parents},
+                          sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @property
@@ -142,42 +189,40 @@ def build_graph(spec: StudySpec, seed_precisions: dict[int, str] | None = None) 
     precision it was computed at elsewhere (a seed is computed wholly at one); other seeds take this machine's."""
     precision = resolve_precision(spec.precision, pick_device())
     seed_precisions = seed_precisions or {}
-    common = {"model": spec.model, "max_length": spec.max_length, "precision": precision, "pooling": spec.pooling}
     registry = load_registry([Path(p) for p in spec.task_dirs])
     data_dir = resolve_data_dir(spec.data_dir)
     graph = Graph()
-    scoring = {**common, "result_format": EVAL_RESULT_FORMAT}
+
+    def settings(seed: int | None) -> dict:
+        return {"model": spec.model, "max_length": spec.max_length, "pooling": spec.pooling,
+                "precision": precision if seed is None else seed_precisions.get(seed, precision)}
+
+    def evaluation(data: EvalData, head: str | None, seed: int | None, parents: tuple[str, ...], label: str) -> str:
+        return graph.add(Node("eval", EvalNodeConfig(
+            **settings(seed), result_format=EVAL_RESULT_FORMAT, data=data, head=head,
+            inputs=_inputs([data], registry, data_dir, training=False)), parents, label))
+
     for data in spec.evaluate:
         if not task_type(registry.get(data.task).type).trainable:
-            graph.base.append(graph.add(Node("eval", {**scoring, "data": data.model_dump(), "head": None,
-                                                      "inputs": _inputs([data], registry, data_dir, training=False)},
-                                             (), f"eval {data.task}/{data.split} of the base model")))
+            graph.base.append(evaluation(data, None, None, (), f"eval {data.task}/{data.split} of the base model"))
     for seed in spec.seeds:
-        common["precision"] = seed_precisions.get(seed, precision)
-        scoring = {**common, "result_format": EVAL_RESULT_FORMAT}
         for arm in [None, *spec.arms]:
             parent = None
             if arm is not None:
-                parent = graph.add(Node("intermediate", {
-                    **common, "seed": seed, "tasks": [t.model_dump() for t in arm.capped_tasks()],
-                    "inputs": _inputs(arm.capped_tasks(), registry, data_dir, training=True),
-                    "train": (arm.train or spec.intermediate_train).model_dump(), "sampling": arm.sampling,
-                    "temperature": arm.temperature,
-                }, (), f"intermediate {'+'.join(t.task for t in arm.tasks)}{f' cap {arm.cap}' if arm.cap else ''} seed {seed}"))
-            target_config = {**common, "seed": seed, "task": spec.target.task.model_dump(),
-                             "inputs": _inputs([spec.target.task], registry, data_dir, training=True),
-                             "train": spec.target.train.model_dump()}
-            if parent is not None:
-                target_config["carry"] = spec.target.carry
-                if spec.target.carry_head is not None:
-                    target_config["carry_head"] = spec.target.carry_head
-            target = graph.add(Node("target", target_config, (parent,) if parent else (),
-                                    f"target {spec.target.task.task} after {arm.name if arm else BASELINE} seed {seed}"))
+                parent = graph.add(Node("intermediate", IntermediateNodeConfig(
+                    **settings(seed), seed=seed, tasks=arm.capped_tasks(),
+                    inputs=_inputs(arm.capped_tasks(), registry, data_dir, training=True),
+                    train=arm.train or spec.intermediate_train, sampling=arm.sampling, temperature=arm.temperature,
+                ), (), f"intermediate {'+'.join(t.task for t in arm.tasks)}{f' cap {arm.cap}' if arm.cap else ''} seed {seed}"))
+            carried = {"carry": spec.target.carry, "carry_head": spec.target.carry_head} if parent else {}
+            target = graph.add(Node("target", TargetNodeConfig(
+                **settings(seed), seed=seed, task=spec.target.task, train=spec.target.train,
+                inputs=_inputs([spec.target.task], registry, data_dir, training=True), **carried,
+            ), (parent,) if parent else (), f"target {spec.target.task.task} after {arm.name if arm else BASELINE} seed {seed}"))
             for index, data in enumerate(spec.evaluate):
-                evaluation = graph.add(Node("eval", {**scoring, "data": data.model_dump(), "head": spec.target.task.task,
-                                                     "inputs": _inputs([data], registry, data_dir, training=False)},
-                                            (target,), f"eval {data.task}/{data.split} of {arm.name if arm else BASELINE} seed {seed}"))
-                graph.uses.append(Use(arm.name if arm else BASELINE, seed, index, parent, target, evaluation))
+                name = evaluation(data, spec.target.task.task, seed, (target,),
+                                  f"eval {data.task}/{data.split} of {arm.name if arm else BASELINE} seed {seed}")
+                graph.uses.append(Use(arm.name if arm else BASELINE, seed, index, parent, target, name))
     return graph
 
 
@@ -213,6 +258,6 @@ def seed_precisions(spec: StudySpec, study_dir: Path) -> dict[int, str]:
 
 def node_seed(graph: Graph, node: Node) -> int | None:
     """The seed a node was trained with (an evaluation: its parent's); None for a base-model evaluation."""
-    while "seed" not in node.config and node.parents:
+    while isinstance(node.config, EvalNodeConfig) and node.parents:
         node = graph.nodes[node.parents[0]]
-    return node.config.get("seed")
+    return None if isinstance(node.config, EvalNodeConfig) else node.config.seed

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
-from xstilts.config import EvalData, TaskData, TrainConfig
+from xstilts.config import EvalData, TaskData, TaskMixing, TrainConfig
 from xstilts.cpu import adaptive_threads
 from xstilts.distributed import current_ranks
 from xstilts.embedded_model import resolve_model
@@ -29,7 +29,7 @@ from xstilts.memory import peak_rss_mb, release_free_heap
 from xstilts.model import HeadSpec, MultiHeadModel, load_checkpoint, load_encoder, load_trained, read_heads
 from xstilts.precision import pick_device, resolve_precision
 from xstilts.tasks.readers import SplitData, check_available, read_split, reads_local
-from xstilts.task_types import score_outcomes, task_type
+from xstilts.task_types import score_outcomes, task_kind, task_type
 from xstilts.task_types.masked_lm import Pieces
 from xstilts.tasks.registry import TaskRegistry
 from xstilts.tasks.spec import TaskSpec
@@ -244,9 +244,8 @@ def _examples_per_task(tasks: list[TaskData], train_tasks: list[TrainTask]) -> d
 
 
 def train_node(ctx: Context, out_dir: Path, *, tasks: list[TaskData], train: TrainConfig, seed: int,
-               parent: Path | None = None, carry: str = "encoder", carry_head: str | None = None,
-               sampling: str = "proportional",
-               temperature: float = 2.0, description: str = "train") -> dict:
+               parent: Path | None = None, carry: str | None = None, carry_head: str | None = None,
+               mixing: TaskMixing = TaskMixing(), description: str = "train") -> dict:
     """Train a head per task (masked_lm tasks share one) on top of `parent`'s encoder when given; the selected
     model is saved in out_dir."""
     if current_ranks().decided_by_main(is_done(out_dir)):
@@ -260,7 +259,7 @@ def train_node(ctx: Context, out_dir: Path, *, tasks: list[TaskData], train: Tra
             dev_rows = data.model_copy(update={"max_examples": train.dev_max_examples})
             dev, dev_splits = ctx.rows(dev_rows, EVAL_SUBSAMPLE_SEED, split="dev")
             splits += dev_splits
-        train_tasks.append(TrainTask(_head_name(spec), task_type(spec.type), features, dev, data.loss_weight))
+        train_tasks.append(TrainTask(_head_name(spec), task_kind(spec), features, dev, data.loss_weight))
         provenance += _provenance(splits)
     heads = {task.head: HeadSpec(spec.type, tuple(spec.labels)) for spec, task in zip(specs, train_tasks)}
     ranks = current_ranks()
@@ -287,7 +286,7 @@ def train_node(ctx: Context, out_dir: Path, *, tasks: list[TaskData], train: Tra
         pieces = Pieces.of(ctx.tokenizer, trim.full_to_trimmed if trim is not None else None)
         train_tasks = [replace(t, masking=pieces) if t.kind.masks_pieces else t for t in train_tasks]
     metrics = train_phase(model, train_tasks, train, out_dir, seed=seed, pad_id=pad_id,
-                          precision=ctx.precision, device=ctx.device, sampling=sampling, temperature=temperature,
+                          precision=ctx.precision, device=ctx.device, mixing=mixing,
                           description=description)
     if trim is not None:
         release_free_heap()  # the heap left fragmented by training, before the full matrix comes back
@@ -319,7 +318,7 @@ def eval_node(ctx: Context, out_dir: Path, *, trained: Path | None, head: str | 
         return read_result(out_dir)
     clock = _PartClock(ctx)
     spec = ctx.registry.get(data.task)
-    kind = task_type(spec.type)
+    kind = task_kind(spec)
     scorer = _scorer(ctx, spec, trained, head)
     clock.loaded()
     languages, provenance = {}, []

@@ -9,24 +9,13 @@ from pathlib import Path
 
 import yaml
 
-from xstilts.config import RunConfig, load_config
+from xstilts.config import RunConfig, load_config, resolve_data_dir
 from xstilts.distributed import current_ranks
 from xstilts.errors import XstiltsError
 from xstilts.manifest import environment, write_json, write_text_atomically
 from xstilts.memory import peak_rss_mb
 from xstilts.phases import Context, check_plan, eval_node, train_node
 from xstilts.tasks.registry import load_registry
-
-
-def resolve_data_dir(configured: str | None) -> Path | None:
-    """The data folder: the config's or --data-dir, else $XSTILTS_DATA_DIR, else None (Hub sources)."""
-    value = configured or os.environ.get("XSTILTS_DATA_DIR")
-    if not value:
-        return None
-    path = Path(value).expanduser()
-    if not path.is_dir():
-        raise XstiltsError(f"{path}: data folder not found")
-    return path
 
 
 def make_context(config: RunConfig) -> Context:
@@ -59,7 +48,7 @@ def run(config: RunConfig, output: Path) -> dict:
         inter = config.intermediate
         metrics["intermediate"] = train_node(
             ctx, output / "intermediate", tasks=inter.tasks, train=inter.train, seed=config.seed,
-            sampling=inter.sampling, temperature=inter.temperature, description="intermediate")
+            mixing=inter, description="intermediate")
         parent = output / "intermediate"
     target = config.target
     metrics["target"] = train_node(ctx, output / "target", tasks=[target.task], train=target.train, seed=config.seed,

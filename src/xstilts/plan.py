@@ -14,11 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from xstilts.config import TaskData, TrainConfig
+from xstilts.config import TaskData, TrainConfig, resolve_data_dir
 from xstilts.errors import XstiltsError
-from xstilts.graph import build_graph
+from xstilts.graph import EvalNodeConfig, IntermediateNodeConfig, build_graph
 from xstilts.phases import read_result
-from xstilts.pipeline import resolve_data_dir
 from xstilts.report.analysis import analyse
 from xstilts.report.protocol import load_protocol
 from xstilts.report.results import load_results
@@ -130,11 +129,11 @@ def study_seconds(spec: StudySpec, seeds: int, plan: Plan, counter: RowCounter |
     totals: dict[str, float] = {"intermediate": 0.0, "target": 0.0, "eval": 0.0}
     for node in build_graph(planned).nodes.values():
         config = node.config
-        if node.kind == "eval":
-            totals["eval"] += plan.eval_cost.seconds(counter.eval_pairs(TaskData(**config["data"])))
+        if isinstance(config, EvalNodeConfig):
+            totals["eval"] += plan.eval_cost.seconds(counter.eval_pairs(config.data))
             continue
-        tasks = [TaskData(**t) for t in config["tasks"]] if node.kind == "intermediate" else [TaskData(**config["task"])]
-        totals[node.kind] += plan.train_cost.seconds(counter.train_examples(tasks, TrainConfig(**config["train"])))
+        tasks = config.tasks if isinstance(config, IntermediateNodeConfig) else [config.task]
+        totals[node.kind] += plan.train_cost.seconds(counter.train_examples(tasks, config.train))
     return totals
 
 

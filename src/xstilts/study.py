@@ -12,15 +12,15 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from xstilts.config import EvalData, TaskData, TrainConfig
+from xstilts.config import resolve_data_dir
 from xstilts.errors import XstiltsError
 from xstilts.executors import Executor, make_executor
-from xstilts.graph import Graph, Node, build_graph, node_dir, node_seed, seed_precisions
+from xstilts.graph import (EvalNodeConfig, Graph, IntermediateNodeConfig, Node, build_graph, node_dir, node_seed,
+                           seed_precisions)
 from xstilts.manifest import environment, write_json, write_text_atomically
 from xstilts.memory import peak_rss_mb
 from xstilts.model import WEIGHTS_FILE
 from xstilts.phases import DONE_FILE, Context, check_plan, eval_node, is_done, read_result, train_node
-from xstilts.pipeline import resolve_data_dir
 from xstilts.report.base_model import BASE_MODEL_FILE
 from xstilts.study_spec import BASELINE, StudySpec
 from xstilts.tasks.registry import load_registry
@@ -67,18 +67,16 @@ def usable(study_dir: Path, node: Node) -> bool:
 
 def _compute_node(study_dir: Path, spec_json: str, node: Node, out: Path) -> dict:
     spec = StudySpec.model_validate_json(spec_json)
-    ctx = _context(spec, node.config["precision"])
-    parents = [study_dir / "nodes" / name for name in node.parents]
     config = node.config
-    if node.kind == "eval":
-        return eval_node(ctx, out, trained=parents[0] if parents else None, head=config["head"],
-                         data=EvalData(**config["data"]))
-    tasks = [TaskData(**t) for t in config["tasks"]] if node.kind == "intermediate" else [TaskData(**config["task"])]
-    return train_node(ctx, out, tasks=tasks, train=TrainConfig(**config["train"]), seed=config["seed"],
-                      parent=parents[0] if parents else None, carry=config.get("carry", "encoder"),
-                      carry_head=config.get("carry_head"),
-                      sampling=config.get("sampling", "proportional"), temperature=config.get("temperature", 2.0),
-                      description=node.label)
+    ctx = _context(spec, config.precision)
+    parent = study_dir / "nodes" / node.parents[0] if node.parents else None
+    if isinstance(config, EvalNodeConfig):
+        return eval_node(ctx, out, trained=parent, head=config.head, data=config.data)
+    if isinstance(config, IntermediateNodeConfig):
+        return train_node(ctx, out, tasks=config.tasks, train=config.train, seed=config.seed, mixing=config,
+                          description=node.label)
+    return train_node(ctx, out, tasks=[config.task], train=config.train, seed=config.seed, parent=parent,
+                      carry=config.carry, carry_head=config.carry_head, description=node.label)
 
 
 class StudyProgress:
@@ -219,7 +217,7 @@ def provenance(graph: Graph, study_dir: Path) -> dict:
         result = read_result(node_dir(study_dir, node))
         data_files.update({d["source"]: d["sha256"] for d in result["data"]})
         machine = result.get("machine", {})
-        where = {"precision": node.config["precision"], "device": machine.get("device", "unknown"),
+        where = {"precision": node.config.precision, "device": machine.get("device", "unknown"),
                  "cpu": machine.get("cpu", "unknown")}
         seed = node_seed(graph, node)
         if seed is not None and where not in computed_on.setdefault(str(seed), []):

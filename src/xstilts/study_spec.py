@@ -7,8 +7,9 @@ from typing import Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from xstilts.config import EvalData, TargetConfig, TaskData, TrainConfig, check_unique_evaluations
+from xstilts.config import EvalData, TargetConfig, TaskData, TaskMixing, TrainConfig, check_unique_evaluations
 from xstilts.errors import XstiltsError
+from xstilts.names import PathName
 from xstilts.tasks.registry import load_yaml, validation_message
 from xstilts.tasks.spec import StrictModel
 
@@ -16,7 +17,7 @@ BASELINE = "baseline"
 ArmGroup = Literal["english", "low-resource", "mixed", "mlm", "control"]  # the report compares arms by these
 
 
-class Arm(StrictModel):
+class Arm(TaskMixing):
     """A named intermediate phase: its tasks (trained together when several), group and data cap.
 
     Groups: `english` and `low-resource` (labelled tasks in those languages), `mixed` (labelled tasks with
@@ -27,12 +28,10 @@ class Arm(StrictModel):
     `cap` subsamples every intermediate task to at most N examples (a fixed subsample per seed), so
     that arms can be compared at equal data size; without it the arm trains on the natural size."""
 
-    name: str
+    name: PathName
     group: ArmGroup
     tasks: list[TaskData] = Field(min_length=1)
     cap: int | None = Field(default=None, gt=0)
-    sampling: Literal["proportional", "temperature", "uniform"] = "proportional"
-    temperature: float = Field(default=2.0, gt=0)
     train: TrainConfig | None = None
 
     def capped_tasks(self) -> list[TaskData]:
@@ -56,7 +55,7 @@ class PrimaryContrast(StrictModel):
 class StudySpec(StrictModel):
     """The whole comparison: baseline (always an arm) plus the listed arms, for every seed."""
 
-    name: str
+    name: PathName
     description: str = ""
     model: str = "embedded"
     max_length: int = Field(default=128, ge=8)

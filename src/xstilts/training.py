@@ -23,7 +23,7 @@ from transformers import get_linear_schedule_with_warmup
 from xstilts.attention import attention_implementation, training_attention
 from xstilts.memory import activation_checkpointing, needs_activation_checkpointing
 from xstilts.averaging import WeightAverage
-from xstilts.config import TrainConfig
+from xstilts.config import TaskMixing, TrainConfig
 from xstilts.cpu import CpuThreads, adaptive_threads
 from xstilts.distributed import current_ranks
 from xstilts.errors import XstiltsError
@@ -184,8 +184,8 @@ def evaluate_dev(model: MultiHeadModel, tasks: list[TrainTask], pad_id: int, pre
 
 
 def train_phase(model: MultiHeadModel, tasks: list[TrainTask], config: TrainConfig, out_dir: Path, *, seed: int,
-                pad_id: int, precision: str, device: torch.device, sampling: str = "proportional",
-                temperature: float = 2.0, description: str = "train") -> dict:
+                pad_id: int, precision: str, device: torch.device,
+                mixing: TaskMixing = TaskMixing(), description: str = "train") -> dict:
     """Train `model` on `tasks`, resuming from `out_dir/checkpoint` if present; returns the phase's metrics.
 
     The model left in memory is the selected one: the mean of the snapshots when `average_from` is set,
@@ -201,7 +201,8 @@ def train_phase(model: MultiHeadModel, tasks: list[TrainTask], config: TrainConf
     with attention_implementation(model.encoder, training_attention(config.attention, device)), \
             activation_checkpointing(model.encoder, checkpointing), adaptive_threads(device) as threads:
         return _train(model, tasks, config, out_dir, seed=seed, pad_id=pad_id, precision=precision, device=device,
-                      sampling=sampling, temperature=temperature, description=description, threads=threads)
+                      sampling=mixing.sampling, temperature=mixing.temperature, description=description,
+                      threads=threads)
 
 
 def _train(model: MultiHeadModel, tasks: list[TrainTask], config: TrainConfig, out_dir: Path, *, seed: int,
