@@ -63,6 +63,33 @@ EXPECTED_ROWS = {
     ("text-tydiqa-dev", "train"): {"ar": 921, "bn": 113, "en": 440, "fi": 782, "id": 565, "ko": 276, "ru": 812,
                                    "sw": 499, "te": 669},
 }
+UDPOS_TEST = {"af": 425, "ar": 1680, "bg": 1116, "de": 977, "el": 456, "en": 5440, "es": 3147, "et": 3760, "eu": 1799,
+              "fa": 600, "fi": 4422, "fr": 5009, "he": 491, "hi": 2684, "hu": 449, "id": 1557, "it": 3518, "ja": 2372,
+              "kk": 1047, "ko": 4276, "lt": 739, "mr": 47, "nl": 1471, "pl": 4942, "pt": 2681, "ro": 2272, "ru": 8976,
+              "ta": 120, "te": 146, "th": 1000, "tl": 55, "tr": 4785, "uk": 892, "ur": 535, "vi": 800, "wo": 470,
+              "yo": 100, "zh": 3455}
+PANX_DEV_LANGUAGES = ("af ar az bg bn de el en es et eu fa fi fr gu he hi hu id it ja jv ka kk ko lt ml mr ms my nl pa "
+                      "pl pt qu ro ru sw ta te tl tr uk ur vi yo zh").split()
+MASAKHANER = {"bam": (4462, 638, 1274), "ewe": (3505, 501, 1001), "hau": (5716, 816, 1633), "ibo": (7634, 1090, 2181),
+              "kin": (7825, 1118, 2235), "lug": (4942, 706, 1412), "luo": (5161, 737, 1474), "nya": (6250, 893, 1785),
+              "pcm": (5646, 806, 1613), "sna": (6207, 887, 1773), "swa": (6593, 942, 1883), "tsn": (3489, 499, 996),
+              "twi": (4240, 605, 1211), "wol": (4593, 656, 1312), "xho": (5718, 817, 1633), "yor": (6876, 983, 1964),
+              "zul": (5848, 836, 1670)}
+EXPECTED_ROWS |= {  # sentences (token tasks) or items per language, as the data README states them
+    ("udpos", "train"): {"en": 21253, "af": 1315, "eu": 5396, "kk": 31, "mr": 373, "ta": 400, "te": 1051, "tr": 3664,
+                         "ur": 4043, "vi": 1400, "wo": 1188},
+    ("udpos", "dev"): {"en": 3974, "af": 194, "eu": 1798, "mr": 46, "ta": 80, "te": 131, "tr": 988, "ur": 552,
+                       "vi": 800, "wo": 449},
+    ("udpos", "test"): UDPOS_TEST,
+    ("panx", "train"): {"en": 20000, "kk": 1000, "sw": 1000, "te": 1000, "gu": 100, "jv": 100, "my": 100, "pa": 100,
+                        "qu": 100, "yo": 100},
+    ("panx", "dev"): {lang: 1000 if lang in "af az bn hi kk ml mr ms sw ta te tl ur".split() else
+                      100 if lang in "gu jv my pa qu yo".split() else 10000 for lang in PANX_DEV_LANGUAGES},
+    **{("masakhaner", split): {lang: counts[i] for lang, counts in MASAKHANER.items()}
+       for i, split in enumerate(("train", "dev", "test"))},
+    **{("sib200", split): {lang: n for lang in load_registry().get("sib200").languages}
+       for split, n in (("train", 701), ("dev", 99), ("test", 204))},
+}
 HUB_ONLY = {"anli", "commonsense_qa", "social_i_qa", "squad", "mlqa", "xquad-hub"}
 AMERICAS_RANGES = {"dev": (222, 743), "test": (738, 750)}
 SKIPPED = {("indonli-mt", "dev"): 40}
@@ -79,9 +106,10 @@ def _local_splits() -> list[tuple[str, str]]:
 def test_builtin_registry_loads_every_yaml():
     registry = load_registry()
     files = sorted(BUILTIN_DIR.glob("*.yaml"))
-    assert len(files) == len(registry.tasks) == 29
+    assert len(files) == len(registry.tasks) == 33
     assert set(registry.tasks) == {
         "americasnli", "indonli", "indonli-mt", "klue-nli", "mnli", "qnli", "qqp", "rte", "snli", "sst2", "xnli",
+        "udpos", "panx", "masakhaner", "sib200",
         "hellaswag", "cosmosqa", "tatoeba", "pawsx", "pawsx-dev", "tydiqa", "xquad", "text-xnli", "text-indonli",
         "text-americasnli", "text-tydiqa", "text-tydiqa-dev", *HUB_ONLY}
     for name, spec in registry.tasks.items():
@@ -121,12 +149,16 @@ def test_builtin_split_reads_real_data(shared_data_dir, task, split):
             assert all(e.text_b[start:start + len(text)] == text for e in data.examples for text, start in e.answers)
         elif spec.type == "masked_lm":
             assert labels == {-1} and all(e.text_b is None for e in data.examples)
+        elif spec.type == "token_classification":  # a tag per word, every tag of the label set's
+            assert labels == {-1} and all(len(e.words) == len(e.tags) > 0 for e in data.examples)
+            assert len({tag for e in data.examples for tag in e.tags}) >= 2
         else:
             assert labels <= set(range(spec.choices or len(spec.labels)))
             assert len(labels) >= 2, "a real split has more than one label"
         for example in data.examples[:50]:
             assert isinstance(example.text_a, str) and example.text_a
-            assert (example.text_b is None) == (task == "sst2" or spec.type in ("multiple_choice", "masked_lm"))
+            assert (example.text_b is None) == (task in ("sst2", "sib200")
+                                                or spec.type in ("multiple_choice", "masked_lm", "token_classification"))
             assert len(example.choices) == (spec.choices or 0)
         counts[language] = len(data.examples)
     if task in ("americasnli", "text-americasnli"):

@@ -39,21 +39,26 @@ class SpanWindows:
 class Features:
     """Unpadded token ids of a list of examples, `choices` sequences per example (one for classification,
     one per candidate for multiple choice), stored example after example, and one target per example. For
-    span QA an example is a window of a question's context (`spans` says which), its target (start, end)."""
+    span QA an example is a window of a question's context (`spans` says which), its target (start, end); for
+    token classification a window of a sentence (`owners` says which), its target a tag per piece."""
 
     input_ids: list[list[int]]
     token_type_ids: list[list[int]] | None
     labels: np.ndarray
     choices: int = 1
     spans: SpanWindows | None = None
+    owners: np.ndarray | None = None  # token classification: per window, the index of its sentence
 
     def __len__(self) -> int:
         return len(self.labels)
 
     @property
     def units(self) -> np.ndarray:
-        """Per example, the unit a subsample keeps or drops whole: the example itself, or a window's question."""
-        return self.spans.question if self.spans is not None else np.arange(len(self))
+        """Per example, the unit a subsample keeps or drops whole: the example itself, or a window's question or
+        sentence."""
+        if self.spans is not None:
+            return self.spans.question
+        return self.owners if self.owners is not None else np.arange(len(self))
 
     def sample(self, count: int, rng: np.random.Generator) -> Features:
         """`count` units (see `units`) drawn without replacement, in their original order."""
@@ -78,15 +83,20 @@ class Features:
         rows = self.sequences(indices)
         types = None if self.token_type_ids is None else [self.token_type_ids[i] for i in rows]
         spans = None if self.spans is None else self.spans.subset(np.asarray(indices))
-        return Features([self.input_ids[i] for i in rows], types, self.labels[indices], self.choices, spans)
+        owners = None if self.owners is None else self.owners[indices]
+        return Features([self.input_ids[i] for i in rows], types, self.labels[indices], self.choices, spans, owners)
 
     @classmethod
     def concatenate(cls, parts: list[Features]) -> Features:
         """The examples of several feature sets (of one task), in order."""
         types = None if any(p.token_type_ids is None for p in parts) else [t for p in parts for t in p.token_type_ids]
         spans = None if parts[0].spans is None else SpanWindows.concatenate([p.spans for p in parts])
+        owners = None
+        if parts[0].owners is not None:  # sentences numbered on from the previous part's
+            shifts = np.cumsum([0] + [int(p.owners.max(initial=-1)) + 1 for p in parts[:-1]])
+            owners = np.concatenate([p.owners + shift for p, shift in zip(parts, shifts)])
         return cls([ids for p in parts for ids in p.input_ids], types, np.concatenate([p.labels for p in parts]),
-                   parts[0].choices, spans)
+                   parts[0].choices, spans, owners)
 
 
 def collate(features: Features, indices: np.ndarray, pad_id: int, multiple: int = 1) -> dict[str, torch.Tensor]:

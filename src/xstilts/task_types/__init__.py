@@ -46,7 +46,9 @@ class TaskType(Protocol):
     def outcomes(self, predictions: np.ndarray, features: Features, names: list[str] | None) -> list[dict]:
         """One record per example: its index (the same item in every run of the evaluation: a row of the fixed
         subsample, or a span-QA question's place in its data), gold and prediction (label `names` where the task
-        has them) and its value of every metric (`item_column(metric)`), as the predictions file keeps it."""
+        has them) and its value of every metric (`item_column(metric)`), as the predictions file keeps it. A type
+        whose metric over a set is not the mean of these values (token classification's span F1) also defines
+        `corpus_scores(outcomes) -> {metric: value}`."""
 
 
 def item_column(metric: str) -> str:
@@ -55,13 +57,27 @@ def item_column(metric: str) -> str:
 
 
 def score_outcomes(kind: TaskType, outcomes: list[dict]) -> dict[str, float]:
-    """Every metric of a task type over the examples' outcomes (the mean of its per-example values)."""
+    """Every metric of a task type over the examples' outcomes: the type's `corpus_scores` where it has them,
+    else the mean of the per-example values."""
+    if hasattr(kind, "corpus_scores"):
+        return kind.corpus_scores(outcomes)
     return {metric: float(np.mean([row[item_column(metric)] for row in outcomes])) for metric in kind.metrics}
 
 
 def task_type(name: str) -> TaskType:
     """The type registered under `name`."""
-    from xstilts.task_types import classification, masked_lm, multiple_choice, retrieval, span_qa
+    from xstilts.task_types import classification, masked_lm, multiple_choice, retrieval, span_qa, token_classification
 
     return {"classification": classification.TYPE, "multiple_choice": multiple_choice.TYPE,
-            "span_qa": span_qa.TYPE, "retrieval": retrieval.TYPE, "masked_lm": masked_lm.TYPE}[name]
+            "span_qa": span_qa.TYPE, "retrieval": retrieval.TYPE, "masked_lm": masked_lm.TYPE,
+            "token_classification": token_classification.TYPE}[name]
+
+
+def task_kind(spec: TaskSpec) -> TaskType:
+    """The type of a task as it scores it: its type, with the task's own metric and labels where the type has
+    options (token classification: `metric:` accuracy or f1)."""
+    if spec.type == "token_classification":
+        from xstilts.task_types.token_classification import TokenClassification
+
+        return TokenClassification(spec.metric or "accuracy", tuple(spec.labels))
+    return task_type(spec.type)

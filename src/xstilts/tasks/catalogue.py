@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from xstilts.task_types import task_type
+from xstilts.task_types import task_kind
 from xstilts.tasks.readers import check_available
 from xstilts.errors import XstiltsError
 from xstilts.tasks.registry import TaskRegistry
@@ -38,7 +38,7 @@ def describe_tasks(registry: TaskRegistry, data_dir: Path | None) -> str:
         languages = " ".join(spec.languages)
         if len(spec.languages) > 8:
             languages = f"{len(spec.languages)}: " + " ".join(spec.languages[:6]) + " ..."
-        lines.append(f"| {name} | {spec.type} | {task_type(spec.type).metrics[0]} | {languages} | "
+        lines.append(f"| {name} | {spec.type} | {task_kind(spec).metrics[0]} | {languages} | "
                      f"{' '.join(spec.splits)} | {_sources(registry, name, data_dir)} |")
     lines += [f"unreadable task file: {error}" for error in registry.broken.values()]
     return "\n".join(lines)

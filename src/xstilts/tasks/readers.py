@@ -17,6 +17,7 @@ from typing import Any, Iterator
 from xstilts.errors import XstiltsError
 from xstilts.task_types import task_type
 from xstilts.tasks.spec import Example, HubSource, LocalSource, TaskSpec
+from xstilts.tasks.token_readers import token_records
 
 csv.field_size_limit(1 << 30)
 
@@ -127,6 +128,9 @@ def _rows(path: Path, source: LocalSource, odd: dict[str, list[int]]) -> Iterato
                 if header and len(row) > len(header):
                     odd["extra"].append(number)
                 yield number, (row, header)
+    elif source.format in ("conll", "conllu"):
+        with _open_text(path) as handle:
+            yield from token_records(path, source, handle)
     elif source.format == "jsonl":
         with _open_text(path) as handle:
             for number, line in enumerate(handle, start=1):

@@ -5,11 +5,12 @@ from __future__ import annotations
 import string
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 SplitName = Literal["train", "dev", "test"]
+TOKEN_COLUMNS = {"tokens": "tokens", "tags": "tags", "lines": "lines"}  # the fields of a conll/conllu record
 
 
 class StrictModel(BaseModel):
@@ -43,13 +44,18 @@ class LocalSource(StrictModel):
     """Files on disk, relative to the data directory; `{language}` is filled per language in `files` and in
     column names. Columns are header names or 0-based positions (positions work with or without a header)."""
 
-    format: Literal["tsv", "csv", "json", "jsonl", "text", "squad"] = Field(description="squad: SQuAD v1.1 JSON, "
-        "one record per question: id, title, context, question, answers.text, answers.answer_start")
+    format: Literal["tsv", "csv", "json", "jsonl", "text", "squad", "conll", "conllu"] = Field(
+        description="squad: SQuAD v1.1 JSON, one record per question: id, title, context, question, answers.text, "
+        "answers.answer_start; conll: a word and its tag per line, blank lines between sentences; conllu: CoNLL-U "
+        "(FORM and UPOS); both: one record per sentence with `tokens`, `tags` and `lines`")
     files: dict[SplitName, str]
     header: bool = True
     quoted: bool = Field(default=False, description="tsv: fields are quoted as Python's csv module writes them "
                                                     "(PAWS-X); by default a tsv has no quoting (XNLI)")
-    columns: dict[str, str | int | list[str | int]]
+    columns: dict[str, str | int | list[str | int]] = Field(default_factory=dict, description="conll and conllu "
+                                                             "records name their own: tokens, tags, lines")
+    separator: Literal["tab", "space"] = Field(default="tab", description="conll: what separates a word from its "
+                                               "tag (a line splits at its last separator)")
     rows: dict[SplitName, str] = Field(default_factory=dict, description="a slice 'START:END' of a file's records "
                                        "per split: two splits from one file (a dev slice held out of train)")
     lines_per_record: int = Field(default=1, ge=1, description="text: consecutive lines that make one record")
@@ -63,8 +69,18 @@ class LocalSource(StrictModel):
         default="data", description="relative file names are inside the data folder, or next to the task's YAML")
     labels_from: LabelsFrom | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _token_columns(cls, data: Any) -> Any:
+        """conll and conllu records name their own fields: `tokens`, `tags` and `lines` map to themselves."""
+        if isinstance(data, dict) and data.get("format") in ("conll", "conllu"):
+            return {**data, "columns": {**TOKEN_COLUMNS, **(data.get("columns") or {})}}
+        return data
+
     @model_validator(mode="after")
     def _placeholders(self) -> LocalSource:
+        if self.separator != "tab" and self.format != "conll":
+            raise ValueError("separator is an option of format: conll")
         if self.aligned_files and self.format != "text":
             raise ValueError("aligned_files needs format: text (line i of one file continues line i of the other)")
         for split, value in self.rows.items():
@@ -97,7 +113,8 @@ class TaskSpec(StrictModel):
     """A task: its type, label set, languages and sources (local files and/or the Hub)."""
 
     name: str
-    type: Literal["classification", "multiple_choice", "span_qa", "retrieval", "masked_lm"] = "classification"
+    type: Literal["classification", "multiple_choice", "span_qa", "retrieval", "masked_lm",
+                  "token_classification"] = "classification"
     description: str = ""
     labels: list[str] = Field(default_factory=list, description="classification: the label set; multiple "
                               "choice: optional names of the candidates (e.g. A-D) when the file gives names")
@@ -109,6 +126,9 @@ class TaskSpec(StrictModel):
     answer_normalization: Literal["squad", "mlqa"] = Field(
         default="squad", description="span QA: how answers are compared: SQuAD v1.1's (English articles, ASCII "
         "punctuation, whitespace tokens) or MLQA's (per-language articles, Unicode punctuation, characters for zh)")
+    metric: Literal["accuracy", "f1"] | None = Field(
+        default=None, description="token classification: `accuracy` per word (POS, the default) or `f1`, "
+        "entity-level span F1 over IOB2 tags as seqeval computes it (NER)")
     languages: list[str] = Field(default_factory=lambda: ["en"])
     skip_labels: list[str] = Field(default_factory=list)
     override: bool = Field(default=False, description="replace a task of the same name from an earlier folder")
@@ -141,23 +161,28 @@ class TaskSpec(StrictModel):
     def _has_source(self) -> TaskSpec:
         if self.local is None and self.hub is None:
             raise ValueError("a task needs a `local` or a `hub` source")
-        if self.type == "classification" and not self.labels:
-            raise ValueError("a classification task needs its `labels`")
+        if self.type in ("classification", "token_classification") and not self.labels:
+            raise ValueError(f"a {self.type} task needs its `labels`")
+        if self.metric is not None and self.type != "token_classification":
+            raise ValueError(f"`metric` is a token_classification option; a {self.type} task has its type's metric")
+        if self.metric == "f1":
+            _check_iob2(self.labels)
         if self.type == "multiple_choice" and self.choices is None:
             raise ValueError("a multiple_choice task needs `choices`: the number of candidates per example")
         required = {"classification": "`text_a` and `label` (or give `labels_from`)",
                     "multiple_choice": "`context`, `choices` and `label`",
                     "span_qa": "`context`, `question`, `answer_text` and `answer_start`",
                     "masked_lm": "`text_a` (a sentence or paragraph)",
-                    "retrieval": "`text_a` (a sentence) and `text_b` (its English translation)"}[self.type]
+                    "retrieval": "`text_a` (a sentence) and `text_b` (its English translation)",
+                    "token_classification": "`tokens` and `tags` (lists, one per word)"}[self.type]
         for source in (self.local, self.hub):
             if source is None:
                 continue
             has_labels = "label" in source.columns or getattr(source, "labels_from", None) is not None \
-                or self.type in ("retrieval", "span_qa", "masked_lm")
+                or self.type in ("retrieval", "span_qa", "masked_lm", "token_classification")
             text = {"classification": ["text_a"], "multiple_choice": ["context", "choices"],
                     "span_qa": ["context", "question", "answer_text", "answer_start"], "masked_lm": ["text_a"],
-                    "retrieval": ["text_a", "text_b"]}[self.type]
+                    "retrieval": ["text_a", "text_b"], "token_classification": ["tokens", "tags"]}[self.type]
             if not all(name in source.columns for name in text) or not has_labels:
                 raise ValueError(f"columns must map at least {required}")
             if "label" in source.columns and getattr(source, "labels_from", None) is not None:
@@ -172,11 +197,22 @@ class TaskSpec(StrictModel):
         return list(dict.fromkeys([*self._base.splits, *own])) if self._base is not None else own
 
 
+def _check_iob2(labels: list[str]) -> None:
+    """Span F1 needs IOB2 tags: `O`, and `B-X` with `I-X` for every entity type X."""
+    types = {label[2:] for label in labels if label[:2] in ("B-", "I-")}
+    wanted = {"O"} | {f"{prefix}{kind}" for kind in types for prefix in ("B-", "I-")}
+    if set(labels) != wanted:
+        odd = sorted(set(labels) ^ wanted)
+        raise ValueError(f"metric f1 needs IOB2 labels (O, and B-X with I-X for each type X); "
+                         f"{', '.join(odd)} breaks this")
+
+
 @dataclass(frozen=True)
 class Example:
     """One labelled example: a text or a text pair and the index of its label; for multiple choice, the
     context and its candidates, the label the index of the right one; for span QA, the question (text_a),
-    the context (text_b), its gold answers (text, first character in the context) and its id (`key`)."""
+    the context (text_b), its gold answers (text, first character in the context) and its id (`key`); for token
+    classification, a sentence's words and the index of each word's tag."""
 
     text_a: str
     text_b: str | None
@@ -184,3 +220,5 @@ class Example:
     choices: tuple[str, ...] = ()
     answers: tuple[tuple[str, int], ...] = ()
     key: str = ""
+    words: tuple[str, ...] = ()
+    tags: tuple[int, ...] = ()
