@@ -14,7 +14,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from xstilts.embedded_model import ensure_default_model
 from xstilts.model import HeadSpec, MultiHeadModel, load_encoder
 from xstilts.tasks import load_registry
-from xstilts.tasks.readers import read_split
+from xstilts.task_types import read_split
 
 DATA_DIR = Path(os.environ.get("XSTILTS_DATA_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 XNLI_LANGUAGES = load_registry().get("xnli").languages

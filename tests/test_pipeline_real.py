@@ -19,7 +19,7 @@ from xstilts.config import load_config
 from xstilts.embedded_model import ensure_default_model
 from xstilts.phases import EVAL_SUBSAMPLE_SEED
 from xstilts.tasks import load_registry
-from xstilts.tasks.readers import read_split
+from xstilts.task_types import read_split
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("single_thread")]
 

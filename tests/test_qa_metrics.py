@@ -17,7 +17,7 @@ import pytest
 
 from xstilts import qa_metrics
 from xstilts.tasks import load_registry
-from xstilts.tasks.readers import read_split
+from xstilts.task_types import read_split
 
 FIXTURE = Path(__file__).parent / "fixtures" / "squad_v1_official.json"
 

@@ -18,7 +18,7 @@ from xstilts.config import parse_config
 from xstilts.pipeline import run
 from xstilts.task_types.span_qa import N_BEST, TYPE as SPAN_QA
 from xstilts.tasks import load_registry
-from xstilts.tasks.readers import read_split
+from xstilts.task_types import read_split
 from helpers import learning_run, one_line_error
 
 WORDS = "apple river stone cloud green table music winter paper light".split()

@@ -25,7 +25,7 @@ from xstilts.study import run_study
 from xstilts.study_spec import StudySpec
 from xstilts.task_types.multiple_choice import TYPE as MULTIPLE_CHOICE
 from xstilts.tasks import load_registry
-from xstilts.tasks.readers import read_split
+from xstilts.task_types import read_split
 from helpers import learning_run, one_line_error, tiny_study
 
 WORDS = "apple river stone cloud green table music winter paper light".split()

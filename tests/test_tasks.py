@@ -11,7 +11,7 @@ import pytest
 
 from xstilts.errors import XstiltsError
 from xstilts.tasks import Example, load_registry
-from xstilts.tasks.readers import read_split
+from xstilts.task_types import read_split
 from xstilts.tasks.registry import BUILTIN_DIR
 from helpers import one_line_error
 

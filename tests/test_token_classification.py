@@ -19,8 +19,8 @@ from xstilts.pipeline import run
 from xstilts.task_types import score_outcomes, task_kind
 from xstilts.task_types.token_classification import IGNORED, WIDTH, windows
 from xstilts.tasks import load_registry
-from xstilts.tasks.catalogue import describe_tasks
-from xstilts.tasks.readers import read_split
+from xstilts.task_types.catalogue import describe_tasks
+from xstilts.task_types import read_split
 from helpers import learning_run, one_line_error
 
 DATA = Path(os.environ.get("XSTILTS_DATA_DIR", Path(__file__).parents[2] / "shared" / "data"))

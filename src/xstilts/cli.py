@@ -61,7 +61,7 @@ def _merge(args: argparse.Namespace) -> None:
 
 def _tasks(args: argparse.Namespace) -> None:
     from xstilts.config import resolve_data_dir
-    from xstilts.tasks.catalogue import describe_tasks
+    from xstilts.task_types.catalogue import describe_tasks
     from xstilts.tasks.registry import load_registry
 
     print(describe_tasks(load_registry(args.task_dir or []), resolve_data_dir(args.data_dir)))

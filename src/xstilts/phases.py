@@ -28,8 +28,8 @@ from xstilts.manifest import machine, write_json
 from xstilts.memory import peak_rss_mb, release_free_heap
 from xstilts.model import HeadSpec, MultiHeadModel, load_checkpoint, load_encoder, load_trained, read_heads
 from xstilts.precision import pick_device, resolve_precision
-from xstilts.tasks.readers import SplitData, check_available, read_split, reads_local
-from xstilts.task_types import score_outcomes, task_kind, task_type
+from xstilts.task_types import read_split, score_outcomes, task_kind, task_type
+from xstilts.tasks.readers import SplitData, check_available, reads_local
 from xstilts.task_types.masked_lm import Pieces
 from xstilts.tasks.registry import TaskRegistry
 from xstilts.tasks.spec import TaskSpec

@@ -23,7 +23,7 @@ from xstilts.report.protocol import load_protocol
 from xstilts.report.results import load_results
 from xstilts.report.statistics import Estimate, seeds_needed
 from xstilts.study_spec import StudySpec
-from xstilts.tasks.readers import read_split
+from xstilts.task_types import read_split
 from xstilts.tasks.registry import TaskRegistry, load_registry
 
 

@@ -4,6 +4,7 @@ and its metric. One module per type; `TASK_TYPES` is the explicit map from a tas
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -11,7 +12,9 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from xstilts.errors import XstiltsError
 from xstilts.features import Features
+from xstilts.tasks.readers import SplitData, read_records
 from xstilts.tasks.spec import Example, TaskSpec
 
 
@@ -81,3 +84,21 @@ def task_kind(spec: TaskSpec) -> TaskType:
 
         return TokenClassification(spec.metric or "accuracy", tuple(spec.labels))
     return task_type(spec.type)
+
+
+def read_split(spec: TaskSpec, split: str, language: str, data_dir: Path | None, source: str = "auto") -> SplitData:
+    """A split's examples: its rows read (`tasks.readers`), each turned into an example by the task's type; a
+    row whose label is one of the task's `skip_labels` is counted, not kept."""
+    read = read_records(spec, split, language, data_dir, source)
+    own = spec.for_language(language)
+    kind = task_kind(own)
+    examples, skipped = [], 0
+    for record in read.records:
+        example = kind.example(own, record.fields, read.label_map, record.where)
+        if example is None:
+            skipped += 1
+        else:
+            examples.append(example)
+    if not examples:
+        raise XstiltsError(f"{read.source}: no labelled examples")
+    return SplitData(read.task, split, language, examples, read.source, read.sha256, skipped, own.labels)

@@ -1,4 +1,5 @@
-"""Read one split of a task, in one language, into `Example`s (local files or the Hugging Face Hub)."""
+"""Read one split of a task, in one language, into records: each row's fields, checked, with where it is
+(local files or the Hugging Face Hub). The task's type turns records into examples (`task_types.read_split`)."""
 
 from __future__ import annotations
 
@@ -15,11 +16,31 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from xstilts.errors import XstiltsError
-from xstilts.task_types import task_type
 from xstilts.tasks.spec import Example, HubSource, LocalSource, TaskSpec
 from xstilts.tasks.token_readers import token_records
 
 csv.field_size_limit(1 << 30)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One row of a split as read: its fields by column name, and where it is (file:line, or a Hub row)."""
+
+    fields: dict[str, Any]
+    where: str
+
+
+@dataclass
+class Records:
+    """The rows of one task/split/language as read, before a task type turns them into examples."""
+
+    task: str
+    split: str
+    language: str
+    records: list[Record]
+    label_map: dict[str, str]
+    source: str
+    sha256: str | None = None
 
 
 @dataclass
@@ -249,7 +270,7 @@ def _checked_text(path: Path, number: int, name: str, value: Any) -> Any:
     return value
 
 
-def read_local(spec: TaskSpec, split: str, language: str, data_dir: Path) -> SplitData:
+def read_local(spec: TaskSpec, split: str, language: str, data_dir: Path) -> Records:
     """Read a split from the task's local files under `data_dir`."""
     check_available(spec, split, language, data_dir, "local")
     source = spec.local
@@ -258,8 +279,7 @@ def read_local(spec: TaskSpec, split: str, language: str, data_dir: Path) -> Spl
         raise XstiltsError(f"{path}: empty file")
     columns = {name: _for_language(column, language) for name, column in source.columns.items()}
     labels = _labels_from(spec, split, language, data_dir, path) if source.labels_from else None
-    kind = task_type(spec.type)
-    examples, skipped, odd = [], 0, {"extra": [], "multiline": []}
+    records, odd = [], {"extra": [], "multiline": []}
     rows = _read_rows(path, source, odd)
     if split in source.aligned_files:
         rows = _aligned(spec, split, language, data_dir, path, rows)
@@ -278,20 +298,14 @@ def read_local(spec: TaskSpec, split: str, language: str, data_dir: Path) -> Spl
             fields["label"] = labels.by_key[key]
         elif labels is not None:
             fields["label"] = labels.values[index]
-        example = kind.example(spec, fields, source.label_map, f"{path}:{number}")
-        if example is None:
-            skipped += 1
-        else:
-            examples.append(example)
+        records.append(Record(fields, f"{path}:{number}"))
     if odd["extra"]:
         print(f"xstilts: warning: {path}:{odd['extra'][0]}: more fields than the header names; the extra fields "
               f"of {len(odd['extra'])} row(s) were ignored", file=sys.stderr)
     if odd["multiline"]:
         print(f"xstilts: warning: {path}:{odd['multiline'][0]}: {len(odd['multiline'])} record(s) run over several "
               "lines (quoted line breaks, or an unclosed quote swallowing rows); check the file", file=sys.stderr)
-    if not examples:
-        raise XstiltsError(f"{path}: no labelled examples")
-    return SplitData(spec.name, split, language, examples, str(path), file_sha256(path), skipped, spec.labels)
+    return Records(spec.name, split, language, records, source.label_map, str(path), file_sha256(path))
 
 
 def _aligned(spec: TaskSpec, split: str, language: str, data_dir: Path, path: Path,
@@ -342,7 +356,7 @@ def _labels_from(spec: TaskSpec, split: str, language: str, data_dir: Path, data
     return _Labels(path, values, by_key)
 
 
-def read_hub(spec: TaskSpec, split: str, language: str) -> SplitData:
+def read_hub(spec: TaskSpec, split: str, language: str) -> Records:
     """Read a split from the Hugging Face Hub with `datasets` (needs internet or a warm HF cache)."""
     import datasets
 
@@ -353,18 +367,10 @@ def read_hub(spec: TaskSpec, split: str, language: str) -> SplitData:
     name = source.name.format(language=language) if source.name else None
     dataset = datasets.load_dataset(source.path, name, split=source.splits[split])
     where = f"hub:{source.path}/{name or ''}/{source.splits[split]}"
-    kind = task_type(spec.type)
-    examples, skipped = [], 0
-    for number, record in enumerate(dataset, start=1):
-        fields = {key: [_hub_field(record, c) for c in column] if isinstance(column, list) else _hub_field(record, column)
-                  for key, column in source.columns.items()}
-        example = kind.example(spec, fields, source.label_map, f"{where}:{number}")
-        if example is None:
-            skipped += 1
-        else:
-            examples.append(example)
-    fingerprint = getattr(dataset, "_fingerprint", None)
-    return SplitData(spec.name, split, language, examples, where, fingerprint, skipped, spec.labels)
+    records = [Record({key: [_hub_field(row, c) for c in column] if isinstance(column, list) else _hub_field(row, column)
+                       for key, column in source.columns.items()}, f"{where}:{number}")
+               for number, row in enumerate(dataset, start=1)]
+    return Records(spec.name, split, language, records, source.label_map, where, getattr(dataset, "_fingerprint", None))
 
 
 def _hub_field(record: dict, column: str) -> Any:
@@ -398,8 +404,8 @@ def check_available(spec: TaskSpec, split: str, language: str, data_dir: Path | 
         raise XstiltsError(f"task {spec.name!r} has no Hub split {split!r}")
 
 
-def read_split(spec: TaskSpec, split: str, language: str, data_dir: Path | None, source: str = "auto") -> SplitData:
-    """Read a split: from local files when the task has them and a data directory is set (or source
+def read_records(spec: TaskSpec, split: str, language: str, data_dir: Path | None, source: str = "auto") -> Records:
+    """Read a split's rows: from local files when the task has them and a data directory is set (or source
     'local'), else (or with source 'hub') from the Hugging Face Hub."""
     check_available(spec, split, language, data_dir, source)
     own = spec.for_language(language)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from xstilts.errors import XstiltsError
 from xstilts.task_types import task_kind
 from xstilts.tasks.readers import check_available
-from xstilts.errors import XstiltsError
 from xstilts.tasks.registry import TaskRegistry
 
 
