@@ -1,9 +1,18 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures, and the thread count of the whole test session."""
 
 import os
 from pathlib import Path
 
 import pytest
+
+# Every phase in this process and in the processes it starts (study drivers, executors' workers, launched
+# ranks) runs on exactly TEST_THREADS threads: results that two processes compare bit for bit must come from
+# the same kernels, and PyTorch's kernels depend on the thread count (measured: 4 training steps of the tiny
+# model on 1 and on 2 threads end 7.7e-6 apart), which the adaptive policy (xstilts.cpu) would otherwise
+# choose per process from the machine's load. XSTILTS_TEST_THREADS=2 reruns the tests under 2 threads (CI
+# does so for the `numeric` tests) to show which comparisons depend on kernel choice.
+TEST_THREADS = int(os.environ.get("XSTILTS_TEST_THREADS", "1"))
+os.environ["XSTILTS_CPU_THREADS"] = str(TEST_THREADS)
 
 
 @pytest.fixture(scope="session")
@@ -45,11 +54,12 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def single_thread():
-    """Run torch on one thread for a module: on a 2-core machine shared with another training run, two
-    spinning OpenMP threads are many times slower than one (measured: tiny-model steps ~170x slower)."""
+    """Run torch on TEST_THREADS threads (one unless XSTILTS_TEST_THREADS says otherwise) for a module: on a
+    2-core machine shared with another training run, two spinning OpenMP threads are many times slower than
+    one (measured: tiny-model steps ~170x slower)."""
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(TEST_THREADS)
     yield
     torch.set_num_threads(before)

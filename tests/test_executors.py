@@ -30,6 +30,8 @@ def sequential(tiny_model_dir, shared_data_dir, tmp_path_factory) -> tuple[dict,
 
 
 def _table(study_dir: Path) -> pd.DataFrame:
+    """The results table, compared exactly: whichever process computes a node runs the same steps on the same
+    shapes on the same number of threads (conftest's XSTILTS_CPU_THREADS), hence the same kernels."""
     return pd.read_csv(study_dir / "results.csv").drop(columns="predictions")
 
 

@@ -134,6 +134,8 @@ def test_sigkill_mid_training_then_resume_gives_identical_results(tiny_model_dir
     resumed = subprocess.run(command + [str(interrupted)], capture_output=True, text=True, check=True)
     assert "resuming at step" in resumed.stderr
 
+    # exact by construction: the resumed and the clean drivers run the same steps on the same shapes, through the
+    # same kernels, as every process runs its phases on the same number of threads (conftest's XSTILTS_CPU_THREADS)
     clean = tmp_path / "clean"
     subprocess.run(command + [str(clean)], capture_output=True, text=True, check=True)
     ours, theirs = pd.read_csv(interrupted / "results.csv"), pd.read_csv(clean / "results.csv")
@@ -217,7 +219,7 @@ def test_two_drivers_on_one_directory_compute_every_node_once(tiny_model_dir, sh
     # fresh processes: reading and tokenizing the data is part of what the nodes' timings record
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["timings_seconds"]["ran_by_part"][
         "read_and_tokenize"] > 0
-    clean = tmp_path / "clean"
+    clean = tmp_path / "clean"  # exact by construction, as in the resume test above
     run_study(StudySpec(**tiny_study(tiny_model_dir, shared_data_dir, [SNLI])), clean)
     results = pd.read_csv(tmp_path / "out" / "results.csv")
     pd.testing.assert_frame_equal(results.drop(columns="predictions"),
