@@ -331,3 +331,25 @@ def test_the_positive_control_is_checked_before_the_primary_question(tmp_path: P
     assert "| 2 | fp32 | cpu | EPYC B |" in markdown  # where each seed was computed
     primary = analyse(load_results(study)).primary
     assert "xnli-dev" not in primary.english + primary.low_resource  # the control never enters the question
+
+
+def test_corpus_level_span_f1_is_read_as_a_ratio_of_counts(tmp_path: Path) -> None:
+    """NER predictions carry per-sentence entity counts and a score that is corpus-level F1 (not the mean of
+    the per-sentence F1s): the report reads them, and each run's item values average to its score."""
+    study = make_study(tmp_path, ARMS[:3], metric="f1")
+    table = pd.read_csv(study / "results.csv", keep_default_na=False)
+    rng = np.random.default_rng(5)
+    for index, row in table.iterrows():
+        gold = rng.poisson(1.5, EXAMPLES)
+        predicted = np.maximum(gold + rng.integers(-1, 2, EXAMPLES), 0)
+        found = np.minimum(gold, predicted) - rng.binomial(np.minimum(gold, predicted), 0.3)
+        per_sentence = np.where(gold + predicted > 0, 2 * found / np.maximum(gold + predicted, 1), 1.0)
+        pd.DataFrame({"index": np.arange(EXAMPLES), "gold_entities": gold, "predicted_entities": predicted,
+                      "found": found, "f1": per_sentence}).to_csv(study / row["predictions"], index=False)
+        table.loc[index, "score"] = 2 * found.sum() / (gold + predicted).sum()
+    table.to_csv(study / "results.csv", index=False)
+    (study / "results.jsonl").unlink()
+    results = load_results(study)
+    for _, row in results.rows.iterrows():
+        assert np.mean(row["item_scores"]) == pytest.approx(row["score"], abs=1e-9)
+    assert (write_report(study).parent / "report.md").exists()

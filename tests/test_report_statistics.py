@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-from xstilts.report.statistics import ALPHA, contrast, holm, minimum_detectable_effect, seeds_needed
+from xstilts.report.statistics import ALPHA, contrast, holm, linearized_ratio, minimum_detectable_effect, seeds_needed
 
 ARM_MINUS_BASELINE = np.array([[-1.0], [1.0]])  # arms (baseline, arm) x one language
 
@@ -141,3 +141,21 @@ def test_holm_matches_a_hand_computed_example() -> None:
 def test_holm_agrees_with_statsmodels() -> None:
     p = np.random.default_rng(3).random(25) ** 3
     np.testing.assert_allclose(holm(p), multipletests(p, method="holm")[1])
+
+
+def test_linearized_ratio_has_the_corpus_f1_as_mean_and_the_bootstrap_spread() -> None:
+    """Corpus-level span F1 (2 x found / (gold + predicted), summed over sentences) is a ratio, not a mean of
+    per-sentence F1s; its linearized item values average to it exactly, and their standard error matches the
+    bootstrap standard error of the corpus F1 over resampled sentences (planted: 2,000 sentences)."""
+    rng = np.random.default_rng(3)
+    gold = rng.poisson(1.5, 2000)
+    predicted = np.maximum(gold + rng.integers(-1, 2, 2000), 0)
+    found = np.minimum(gold, predicted) - rng.binomial(np.minimum(gold, predicted), 0.2)
+    values = linearized_ratio(2 * found, gold + predicted)
+    corpus = 2 * found.sum() / (gold + predicted).sum()
+    assert values.mean() == pytest.approx(corpus, abs=1e-12)
+    assert abs(np.mean(2 * found / np.maximum(gold + predicted, 1)) - corpus) > 1e-3  # the mean of items is not it
+    draws = rng.integers(0, 2000, (2000, 2000))
+    bootstrap = 2 * found[draws].sum(1) / (gold + predicted)[draws].sum(1)
+    assert values.std(ddof=1) / math.sqrt(2000) == pytest.approx(bootstrap.std(ddof=1), rel=0.1)
+    assert (linearized_ratio(np.zeros(5), np.zeros(5)) == 1).all()  # nothing to find and nothing claimed

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from xstilts.errors import XstiltsError
+from xstilts.report.statistics import linearized_ratio
 from xstilts.study_spec import BASELINE, ArmGroup
 from xstilts.task_types import item_column
 
@@ -22,6 +23,7 @@ TARGET_TASK = "xnli"
 STRING_COLUMNS = ("arm", "group", "arm_languages", "task", "split", "language", "metric", "eval_node",
                   "target_node", "intermediate_node", "predictions")
 SCORE_TOLERANCE = 1e-3
+ENTITY_COUNTS = {"found", "gold_entities", "predicted_entities"}  # per-sentence counts of span F1 (NER)
 
 
 def _integer(text: str) -> int:
@@ -256,6 +258,13 @@ def _read_predictions(study_dir: Path, row: pd.Series, path: Path) -> tuple[np.n
         raise XstiltsError(f"{path}:{row['line']}: column 'n' is {row['n']} but {file} has {len(table)} predictions")
     table = table.sort_values("index")
     values = table[column].to_numpy()
+    if ENTITY_COUNTS <= set(table.columns):  # corpus-level span F1: a ratio of sums, not a mean over items
+        counts = {name: pd.to_numeric(table[name], errors="coerce") for name in ENTITY_COUNTS}
+        for name, numbers in counts.items():
+            if (numbers.isna() | (numbers < 0) | (numbers % 1 != 0)).any():
+                raise XstiltsError(f"{file}: column {name!r} holds a value that is not a count")
+        values = linearized_ratio(2 * counts["found"].to_numpy(),
+                                  (counts["gold_entities"] + counts["predicted_entities"]).to_numpy())
     if abs(values.mean() - row["score"]) > SCORE_TOLERANCE:
         raise XstiltsError(f"{path}:{row['line']}: column 'score' is {row['score']:.4f} but the mean of "
                            f"{column!r} in {file} is {values.mean():.4f}")
