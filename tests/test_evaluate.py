@@ -6,13 +6,16 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 
 from xstilts.cli import main
 from xstilts.config import load_config, parse_config
+from xstilts.errors import XstiltsError
 from xstilts.pipeline import evaluation_summary, format_table, run
 from xstilts.study import run_study
 from xstilts.study_spec import StudySpec
+from helpers import one_line_error
 
 
 def _done_marks(root: Path) -> dict[str, int]:
@@ -92,3 +95,20 @@ def test_the_printed_table_names_every_metric_primary_first():
     assert format_table({"xquad": {"test": summary}}).splitlines() == [
         "| xquad (test) | de | el | avg |", "|---|---|---|---|", "| f1 | 50.0 | 70.0 | 60.0 |",
         "| exact_match | 25.0 | 50.0 | 37.5 |"]
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ('{"pooling": "max"}', "unknown pooling 'max' (expected one of mean, cls)"),
+    ("not json", "not a JSON object with the model's pooling"),
+    ("[1, 2]", "not a JSON object with the model's pooling"),
+])
+def test_a_damaged_or_unknown_pooling_setting_is_one_line(tmp_path, content, message):
+    """A model folder's xstilts_model.json is checked: no silent fall-back to mean pooling."""
+    from xstilts.model import SETTINGS_FILE, saved_pooling
+
+    (tmp_path / SETTINGS_FILE).write_text(content)
+    with pytest.raises(XstiltsError) as excinfo:
+        saved_pooling(tmp_path)
+    one_line_error(excinfo, str(tmp_path / SETTINGS_FILE), message)
+    (tmp_path / SETTINGS_FILE).write_text('{"pooling": "mean"}')
+    assert saved_pooling(tmp_path) == "mean"

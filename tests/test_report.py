@@ -240,6 +240,8 @@ def test_bad_graded_item_values_are_named(tmp_path: Path) -> None:
     ("group", "other", "results.csv:2: column 'group': 'other' is not one of"),
     ("seed", "x", "results.csv:2: column 'seed': 'x' is not an integer"),
     ("predictions", "missing.csv", "missing.csv: predictions file not found (results.csv line 2)"),
+    ("predictions", "../outside.csv", "results.csv:2: column 'predictions' points outside the study folder"),
+    ("predictions", "/etc/hostname", "results.csv:2: column 'predictions' points outside the study folder"),
     ("score", "0.0", "results.csv:2: column 'score' is 0.0000 but the mean of 'correct'"),
     ("metric", "f1", "results.csv:3: column 'metric': xnli/test is scored by 'accuracy' here but by 'f1' in an "
                      "earlier row"),

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from xstilts.graph import build_graph
 from xstilts.report import write_report
-from xstilts.study import run_study
+from xstilts.study import run_study, study_status
 from xstilts.study_spec import StudySpec, load_study
 from xstilts.errors import XstiltsError
 from helpers import INDONLI, SNLI, tiny_study
@@ -227,13 +227,17 @@ def test_two_drivers_on_one_directory_compute_every_node_once(tiny_model_dir, sh
 
 
 def test_done_marker_without_a_readable_result_is_computed_again(tmp_path, capsys):
-    from xstilts.phases import DONE_FILE, RESULT_FILE, is_done
+    from xstilts.phases import DONE_FILE, RESULT_FILE, discard_unreadable, is_done
 
-    node = tmp_path / "node"
-    node.mkdir()
+    node = tmp_path / "nodes" / "eval-0123456789abcdef"
+    node.mkdir(parents=True)
     (node / DONE_FILE).write_text("")
     (node / RESULT_FILE).write_text('{"kind": "ev')  # truncated
-    assert not is_done(node) and not (node / DONE_FILE).exists()
+    (tmp_path / "graph.json").write_text(json.dumps({node.name: {"label": "eval x", "parents": []}}))
+    assert not is_done(node) and (node / DONE_FILE).exists()  # reading changes nothing
+    assert "todo     eval-0123456789abcdef" in study_status(tmp_path) and (node / DONE_FILE).exists()
+    discard_unreadable(node)  # what a phase does before computing
+    assert not (node / DONE_FILE).exists()
     assert f"xstilts: warning: {node}: DONE without a readable result.json" in capsys.readouterr().err
     (node / RESULT_FILE).write_text('{"kind": "eval"}')
     (node / DONE_FILE).write_text("")

@@ -18,6 +18,7 @@ from xstilts.task_types import task_type
 HEADS_FILE = "heads.json"
 WEIGHTS_FILE = "model.safetensors"
 SETTINGS_FILE = "xstilts_model.json"
+POOLINGS = ("mean", "cls")
 HEAD_INPUTS = ("masked",)  # batch entries that go to the head, not the encoder (masked LM's masked positions)
 
 
@@ -115,5 +116,19 @@ def load_checkpoint(
 def load_trained(model: str, directory: Path) -> MultiHeadModel:
     """A trained phase's full model (encoder and all its heads)."""
     heads = read_heads(directory)
-    settings = json.loads((directory / SETTINGS_FILE).read_text()) if (directory / SETTINGS_FILE).exists() else {}
-    return load_checkpoint(model, directory, heads, {name: name for name in heads}, pooling=settings.get("pooling", "cls"))
+    return load_checkpoint(model, directory, heads, {name: name for name in heads}, pooling=saved_pooling(directory))
+
+
+def saved_pooling(directory: Path) -> str:
+    """The pooling a trained model was saved with (xstilts_model.json; 'cls' for models saved before it was
+    recorded); a damaged file or an unknown pooling is one line, not a silent default."""
+    path = directory / SETTINGS_FILE
+    if not path.exists():
+        return "cls"
+    try:
+        pooling = json.loads(path.read_text(encoding="utf-8")).get("pooling")
+    except (ValueError, AttributeError):
+        raise XstiltsError(f"{path}: not a JSON object with the model's pooling; re-run the phase that saved it") from None
+    if pooling not in POOLINGS:
+        raise XstiltsError(f"{path}: unknown pooling {pooling!r} (expected one of {', '.join(POOLINGS)})")
+    return pooling

@@ -147,18 +147,24 @@ def check_plan(registry: TaskRegistry, data_dir: Path | None, training: list[Tas
 
 
 def is_done(directory: Path) -> bool:
-    """Whether a phase directory holds a finished result. A DONE marker without a readable result.json
-    (deleted, truncated) is removed with a warning, so that the phase is computed again."""
+    """Whether a phase directory holds a finished result: a DONE marker and a readable result.json. It only
+    reads, so read-only commands (status, dry runs, reports) change nothing."""
     if not (directory / DONE_FILE).exists():
         return False
     try:
         json.loads((directory / RESULT_FILE).read_text(encoding="utf-8"))
         return True
     except (OSError, ValueError):
+        return False
+
+
+def discard_unreadable(directory: Path) -> None:
+    """Before a phase is computed: a DONE marker left without a readable result.json (deleted, truncated) is
+    removed, with a warning."""
+    if (directory / DONE_FILE).exists() and not is_done(directory):
         print(f"xstilts: warning: {directory}: DONE without a readable {RESULT_FILE}; computing this phase again",
               file=sys.stderr)
         (directory / DONE_FILE).unlink(missing_ok=True)
-        return False
 
 
 class _PartClock:
@@ -250,6 +256,7 @@ def train_node(ctx: Context, out_dir: Path, *, tasks: list[TaskData], train: Tra
     model is saved in out_dir."""
     if current_ranks().decided_by_main(is_done(out_dir)):
         return read_result(out_dir)
+    discard_unreadable(out_dir)
     clock = _PartClock(ctx)
     train_tasks, provenance, specs = [], [], [ctx.registry.get(data.task) for data in tasks]
     for data, spec in zip(tasks, specs):
@@ -316,6 +323,7 @@ def eval_node(ctx: Context, out_dir: Path, *, trained: Path | None, head: str | 
     if not ranks.main:  # evaluation is rank 0's alone
         ranks.barrier()
         return read_result(out_dir)
+    discard_unreadable(out_dir)
     clock = _PartClock(ctx)
     spec = ctx.registry.get(data.task)
     kind = task_kind(spec)

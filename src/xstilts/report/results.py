@@ -232,6 +232,9 @@ def _read_predictions(study_dir: Path, row: pd.Series, path: Path) -> tuple[np.n
     and checked against the row's `n` and `score`."""
     file = study_dir / row["predictions"]
     where = f"{path.name} line {row['line']}"
+    if not file.resolve().is_relative_to(study_dir.resolve()):
+        raise XstiltsError(f"{path}:{row['line']}: column 'predictions' points outside the study folder "
+                           f"({row['predictions']!r})")
     column = item_column(row["metric"])
     try:
         table = pd.read_csv(file, dtype=str, keep_default_na=False)
