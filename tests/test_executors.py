@@ -114,3 +114,26 @@ def test_an_unknown_slurm_parameter_is_one_line(tmp_path):
     with pytest.raises(XstiltsError, match=r"--slurm: Unknown executor 'bogus' in parameter 'bogus_key'") as error:
         executor.run([], lambda node: {}, None)
     assert "\n" not in str(error.value)
+
+
+def test_slurm_without_slurm_is_one_line_not_a_quiet_local_run(tmp_path, monkeypatch):
+    """Here there is no sbatch: submitit would run every job as a local process; xstilts refuses instead."""
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch on PATH, whatever the machine has
+    executor = make_executor("slurm", 1, tmp_path, slurm={"timeout_min": 5})
+    with pytest.raises(XstiltsError, match="no Slurm on this machine") as error:
+        executor.run([], lambda node: {}, None)
+    assert "\n" not in str(error.value)
+
+
+def test_a_rejected_submission_is_one_line(tiny_model_dir, shared_data_dir, tmp_path, monkeypatch):
+    import submitit
+
+    def refuse(self, *args, **kwargs):
+        raise RuntimeError("sbatch: error: Batch job submission failed\nInvalid partition name specified")
+
+    monkeypatch.setattr(submitit.AutoExecutor, "submit", refuse)
+    spec = StudySpec(**tiny_study(tiny_model_dir, shared_data_dir, [SNLI]))
+    executor = make_executor("slurm", 1, tmp_path, slurm={"cluster": "local"})
+    with pytest.raises(XstiltsError, match="Slurm refused the job: Invalid partition name specified") as error:
+        run_study(spec, tmp_path / "study", executor=executor)
+    assert "\n" not in str(error.value)

@@ -34,6 +34,9 @@ class SlurmExecutor:
         except ImportError:
             raise XstiltsError("--executor slurm needs submitit: pip install 'xstilts[slurm]'") from None
         executor = submitit.AutoExecutor(folder=self.folder, cluster=self.cluster)
+        if self.cluster is None and executor.cluster != "slurm":  # submitit would quietly run local processes
+            raise XstiltsError("--executor slurm: no Slurm on this machine (no sbatch found); run the driver where "
+                               "Slurm is, or pass --slurm cluster=local to run the jobs here as processes")
         try:
             executor.update_parameters(**self.parameters)
         except (NameError, TypeError, ValueError) as error:  # submitit names an unknown key with a NameError
@@ -56,7 +59,11 @@ class SlurmExecutor:
             for node in ready[: self.jobs - len(running)]:
                 del pending[node.name]
                 progress.started(node)
-                running[node.name] = (executor.submit(work, node), node)
+                try:
+                    running[node.name] = (executor.submit(work, node), node)
+                except Exception as error:  # sbatch refused it: a bad partition, account or limit
+                    why = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+                    raise XstiltsError(f"{node.label}: Slurm refused the job: {why}") from None
             if not running:
                 raise RuntimeError("graph has nodes whose parents never finish")
             time.sleep(self.poll_seconds)
