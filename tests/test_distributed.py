@@ -15,11 +15,12 @@ from safetensors.torch import load_file
 
 from xstilts.config import TaskData, parse_config
 from xstilts.distributed import Ranks
+from xstilts.errors import XstiltsError
 from xstilts.model import HeadSpec, MultiHeadModel, load_encoder
 from xstilts.phases import Context
 from xstilts.pipeline import run
 from xstilts.tasks import load_registry
-from helpers import FP32_ROUNDOFF, assert_same_gradients, training_pass
+from helpers import FP32_ROUNDOFF, assert_same_gradients, one_line_error, training_pass
 
 NLI_HEAD = HeadSpec("classification", ("entailment", "neutral", "contradiction"))
 GLOBAL_BATCH = np.arange(15)  # split 8 + 7 over two ranks, each padded to its own longest row
@@ -113,3 +114,24 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, tiny_model
     assert sorted(p.name for p in (tmp_path / "two" / "target").iterdir()) == sorted(
         p.name for p in (tmp_path / "one" / "target").iterdir())
     assert "resuming" not in launched.stderr
+
+
+@pytest.mark.parametrize(("world", "message"), [
+    ("abc", "WORLD_SIZE='abc' is not a number of processes"),
+    ("2", "WORLD_SIZE=2 is set but no launcher started this process (no RANK, MASTER_ADDR, MASTER_PORT)"),
+])
+def test_a_stray_world_size_is_one_line(monkeypatch, world, message):
+    from xstilts.distributed import current_ranks
+
+    for name in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", world)
+    current_ranks.cache_clear()
+    try:
+        with pytest.raises(XstiltsError) as excinfo:
+            current_ranks()
+        one_line_error(excinfo, message)
+    finally:
+        monkeypatch.undo()
+        current_ranks.cache_clear()
+    assert current_ranks().world == 1

@@ -56,6 +56,13 @@ def test_a_finished_run_gains_an_evaluation_without_training(tmp_path, tiny_mode
     assert json.loads((scored / "result.json").read_text())["languages"]["sw"]["n"] == 8
     assert len(pd.read_csv(scored / "predictions" / "sw.csv")) == 8
     assert _done_marks(output) == after
+    # the same --output asked for another split is refused, not answered with the cached result
+    capsys.readouterr()
+    assert main(["evaluate", str(output / "target"), "--task", "xnli", "--split", "test", "--languages", "sw",
+                 "--max-examples", "8", "--output", str(scored), "--model", str(tiny_model_dir),
+                 "--data-dir", str(shared_data_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds an evaluation of xnli/dev (sw n=8); give another --output" in err
 
 
 def test_a_study_gains_an_evaluation_for_every_arm_and_seed(tmp_path, tiny_model_dir, shared_data_dir):

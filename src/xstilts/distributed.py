@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from xstilts.errors import XstiltsError
+
 
 @dataclass(frozen=True)
 class Ranks:
@@ -69,9 +71,17 @@ class Ranks:
 
 @functools.cache
 def current_ranks() -> Ranks:
-    """The process group a launcher set up (WORLD_SIZE > 1), joined once; else a single process."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    """The process group a launcher set up (WORLD_SIZE > 1), joined once; else a single process. A WORLD_SIZE
+    that is not a number, or one left in the environment of a process no launcher started, is one line."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    if not world.strip().isdigit():
+        raise XstiltsError(f"WORLD_SIZE={world!r} is not a number of processes; unset it for a single process")
+    if int(world) <= 1:
         return Ranks()
+    missing = [name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
+    if missing:
+        raise XstiltsError(f"WORLD_SIZE={world} is set but no launcher started this process (no {', '.join(missing)}); "
+                           "unset WORLD_SIZE, or start it with `accelerate launch` or `torchrun`")
     from accelerate import PartialState
 
     state = PartialState(cpu=not torch.cuda.is_available())

@@ -22,7 +22,7 @@ from xstilts.config import EvalData, load_config
 from xstilts.errors import XstiltsError
 from xstilts.manifest import write_json, write_text_atomically
 from xstilts.model import HEADS_FILE, read_heads
-from xstilts.phases import Context, check_plan, eval_node
+from xstilts.phases import Context, check_plan, eval_node, is_done, read_result
 from xstilts.config import resolve_data_dir
 from xstilts.pipeline import evaluation_summary, format_table, make_context
 from xstilts.study import run_study
@@ -67,6 +67,7 @@ def evaluate_model(model_dir: Path, data: EvalData, output: Path, base_model: st
     registry = load_registry()
     spec = registry.get(data.task)
     resolved = resolve_data_dir(data_dir)
+    _same_request(output, data, data.languages or spec.languages)
     if not task_type(spec.type).trainable:  # it scores an encoder: a trained one, or `model_dir` naming a base model
         trained = model_dir if (model_dir / HEADS_FILE).is_file() else None
         check_plan(registry, resolved, [], data.task, [data])
@@ -80,6 +81,20 @@ def evaluate_model(model_dir: Path, data: EvalData, output: Path, base_model: st
     check_plan(registry, resolved, [], data.task, [data])
     ctx = Context.create(base_model, registry, resolved, max_length, "auto")
     return eval_node(ctx, output, trained=model_dir, head=matching[0], data=data)
+
+
+def _same_request(output: Path, data: EvalData, languages: list[str]) -> None:
+    """An --output that holds a finished evaluation is reused only for the same task, split, languages and
+    cap; another request there would print the cached result under the new request's name."""
+    if not is_done(output):
+        return
+    held = read_result(output)
+    sizes = {language: value.get("n") for language, value in held.get("languages", {}).items()}
+    same = (held.get("task"), held.get("split"), sorted(sizes)) == (data.task, data.split, sorted(languages))
+    if not same or (data.max_examples and any((n or 0) > data.max_examples for n in sizes.values())):
+        raise XstiltsError(f"{output}: holds an evaluation of {held.get('task')}/{held.get('split')} "
+                           f"({', '.join(f'{lang} n={n}' for lang, n in sizes.items())}); give another --output "
+                           f"for {data.task}/{data.split}")
 
 
 def evaluate(target: Path, data: EvalData, output: Path | None = None, base_model: str = "embedded",
