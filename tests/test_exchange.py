@@ -171,3 +171,16 @@ def test_unknown_slice_names_are_one_line_errors(spec, tmp_path):
     with pytest.raises(XstiltsError) as excinfo:
         run_study(spec, tmp_path / "x", arms=["snl"])
     one_line_error(excinfo, "--arms 'snl'", "did you mean 'snli'")
+
+
+def test_an_export_listing_more_seeds_adds_them(slices, tmp_path):
+    """A study continued with more seeds elsewhere (its spec lists them) merges into one listing them all."""
+    fewer = _copy_tree(slices[0], tmp_path / "fewer")
+    study = json.loads((fewer / "study.json").read_text())
+    (fewer / "study.json").write_text(json.dumps({**study, "seeds": [3]}))
+    merged = tmp_path / "merged"
+    merge_exports(merged, [fewer])
+    assert json.loads((merged / "study.json").read_text())["seeds"] == [3]
+    merge_exports(merged, [slices[1]])
+    assert json.loads((merged / "study.json").read_text())["seeds"] == [3, 4]
+    assert set(pd.read_csv(merged / "results.csv").seed) == {3, 4}

@@ -35,7 +35,8 @@ CIRCUMSTANCES = frozenset({"seconds", "seconds_by_part", "peak_rss_mb", "machine
                            "train_seconds", "examples_per_second", "tokens_per_second"})
 NODE_NAME = re.compile(r"(intermediate|target|eval)-[0-9a-f]{16}")
 PREDICTIONS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\.csv")
-SPEC_CIRCUMSTANCES = {"data_dir", "workers"}  # where and how wide a copy ran, not what it computed
+# Where and how wide a copy ran, and which seeds it listed (node keys hold their own seed): not what it computed.
+SPEC_CIRCUMSTANCES = {"data_dir", "workers", "seeds"}
 
 
 def _read_spec(folder: Path) -> StudySpec:
@@ -174,6 +175,8 @@ def merge_exports(study_dir: Path, exports: list[Path]) -> str:
     spec = _read_spec(study_dir) if (study_dir / "study.json").exists() else specs[0]
     for export, other in zip(exports, specs):
         _same_study(spec, other, export)
+    seeds = sorted({seed for other in [spec, *specs] for seed in other.seeds})  # a later copy may add seeds
+    spec = spec.model_copy(update={"seeds": seeds})
     graphs = precision_graphs(spec)
     known = {name: (graph, node) for graph in graphs.values() for name, node in graph.nodes.items()}
     held = {name: _Copy(study_dir, node_dir(study_dir, node), {}) for name, (graph, node) in known.items()
@@ -193,8 +196,7 @@ def merge_exports(study_dir: Path, exports: list[Path]) -> str:
     new = {name: copy for name, copy in incoming.items() if name not in held}
     for name, copy in new.items():
         _write_node(copy, node_dir(study_dir, known[name][1]))
-    if not (study_dir / "study.json").exists():
-        write_json(study_dir / "study.json", spec.model_dump())
+    write_json(study_dir / "study.json", spec.model_dump())
     graph = build_graph(spec, seed_precisions(spec, study_dir))
     write_results(spec, graph, study_dir)
     write_json(study_dir / "manifest.json", {**environment(), "study": spec.name, "seeds": spec.seeds,
