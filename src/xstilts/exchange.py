@@ -24,7 +24,7 @@ from xstilts.graph import (NODE_CONFIGS, Graph, Node, build_graph, node_dir, nod
                            seed_precisions)
 from xstilts.manifest import environment, write_json, write_text_atomically
 from xstilts.phases import RESULT_FILE, is_done, mark_done, read_result
-from xstilts.study import provenance, write_results
+from xstilts.study import machine_of, provenance, write_results
 from xstilts.study_spec import StudySpec
 
 EXPORT_FILE = "export.json"
@@ -52,9 +52,7 @@ def _read_spec(folder: Path) -> StudySpec:
 
 def _where(graph: Graph, node: Node, result: dict) -> tuple[int | None, str, str, str]:
     """(seed, precision, device kind, CPU model) of a finished node."""
-    machine = result.get("machine") if isinstance(result.get("machine"), dict) else {}
-    return (node_seed(graph, node), node.config.precision, str(machine.get("device", "unknown")),
-            str(machine.get("cpu", "unknown")))
+    return (node_seed(graph, node), node.config.precision, *machine_of(result))
 
 
 def export_study(study_dir: Path, output: Path) -> str:

@@ -207,6 +207,12 @@ def _result(study_dir: Path, name: str) -> dict:
     return read_result(study_dir / "nodes" / name)
 
 
+def machine_of(result: dict) -> tuple[str, str]:
+    """(device kind, CPU model) a node's result records ('unknown' for results from before they did)."""
+    machine = result.get("machine") if isinstance(result.get("machine"), dict) else {}
+    return str(machine.get("device", "unknown")), str(machine.get("cpu", "unknown"))
+
+
 def provenance(graph: Graph, study_dir: Path) -> dict:
     """Of a study's finished nodes: the data files read with their checksums, the seconds by phase kind, and
     per seed the precision, device kind and CPU model that computed it (`computed_on`)."""
@@ -216,9 +222,8 @@ def provenance(graph: Graph, study_dir: Path) -> dict:
     for node in finished:
         result = read_result(node_dir(study_dir, node))
         data_files.update({d["source"]: d["sha256"] for d in result["data"]})
-        machine = result.get("machine", {})
-        where = {"precision": node.config.precision, "device": machine.get("device", "unknown"),
-                 "cpu": machine.get("cpu", "unknown")}
+        device, cpu = machine_of(result)
+        where = {"precision": node.config.precision, "device": device, "cpu": cpu}
         seed = node_seed(graph, node)
         if seed is not None and where not in computed_on.setdefault(str(seed), []):
             computed_on[str(seed)].append(where)
