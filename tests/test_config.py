@@ -47,6 +47,10 @@ def test_shipped_configs_load(path):
     if config.name == "tydiqa-en":  # extractive QA: TyDiQA English -> XQuAD and TyDiQA dev
         assert config.target.task.task == "tydiqa" and config.target.task.languages == ["en"]
         assert [(e.task, e.split) for e in config.evaluate] == [("xquad", "test"), ("tydiqa", "dev")]
+    elif config.name in {"panx-en", "udpos-en"}:  # token tagging, the benchmark's English train -> English set
+        task = config.name.removesuffix("-en")
+        assert config.target.task.task == task and config.target.task.languages == ["en"]
+        assert [(e.task, e.languages) for e in config.evaluate] == [(task, ["en"])]
     else:
         assert config.target.task.task == "mnli"
         assert [e.task for e in config.evaluate] == ["xnli"] and config.evaluate[0].split == "test"

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from safetensors.torch import load_file, save_file
 
 from xstilts.cli import main
 from xstilts.config import load_config, parse_config
 from xstilts.errors import XstiltsError
-from xstilts.pipeline import evaluation_summary, format_table, run
+from xstilts.pipeline import run
+from xstilts.summaries import evaluation_summary, format_table
 from xstilts.study import run_study
 from xstilts.study_spec import StudySpec
 from helpers import one_line_error
@@ -21,6 +24,28 @@ from helpers import one_line_error
 def _done_marks(root: Path) -> dict[str, int]:
     """Every phase's DONE marker and its modification time: training phases must keep theirs."""
     return {str(path.relative_to(root)): path.stat().st_mtime_ns for path in root.rglob("DONE")}
+
+
+def test_a_run_that_failed_in_training_reruns_once_corrected(tmp_path, tiny_model_dir, shared_data_dir):
+    """A run is a one-cell study: the corrected config recomputes only what changed (here the target phase,
+    after an intermediate phase that had finished), with no claim of the old config on the folder."""
+    config = {"model": str(tiny_model_dir), "data_dir": str(shared_data_dir), "precision": "fp32", "max_length": 32,
+              "intermediate": {"tasks": [{"task": "sib200", "languages": ["swh_Latn"], "max_examples": 16}],
+                               "train": {"max_steps": 1, "batch_size": 8}},
+              "target": {"task": {"task": "mnli", "split": "dev", "max_examples": 16}, "carry": "encoder_and_head",
+                         "carry_head": "sib200", "train": {"max_steps": 1, "batch_size": 8}},
+              "evaluate": [{"task": "xnli", "split": "dev", "languages": ["en"], "max_examples": 10}]}
+    output = tmp_path / "run"
+    with pytest.raises(XstiltsError, match="carry_head 'sib200'"):  # 7 topic labels cannot carry into NLI
+        run(parse_config(config, "test"), output)
+    intermediate = _done_marks(output)
+    assert len(intermediate) == 1 and not (output / "target").exists()
+    config["target"]["carry"], config["target"]["carry_head"] = "encoder", None
+    metrics = run(parse_config(config, "test"), output)
+    assert {key: _done_marks(output)[key] for key in intermediate} == intermediate  # not trained again
+    assert (output / "intermediate" / "DONE").resolve() == (output / next(iter(intermediate))).resolve()
+    assert metrics["evaluation"]["xnli"]["dev"]["n"] == {"en": 10} and (output / "target" / "DONE").is_file()
+    assert load_config(output / "config.yaml").target.carry == "encoder"
 
 
 def test_a_finished_run_gains_an_evaluation_without_training(tmp_path, tiny_model_dir, shared_data_dir, capsys):
@@ -36,7 +61,8 @@ def test_a_finished_run_gains_an_evaluation_without_training(tmp_path, tiny_mode
                  "--max-examples", "12"]) == 0
     after = _done_marks(output)
     assert {key: after[key] for key in before} == before  # no phase was trained or scored again
-    assert set(after) - set(before) == {"eval-americasnli-dev/DONE"}
+    added_done, = set(after) - set(before)  # one new node, which the run's phase folder links to
+    assert (output / "eval-americasnli-dev" / "DONE").resolve() == (output / added_done).resolve()
     printed = capsys.readouterr()
     assert "training" not in printed.err.lower()
     metrics = json.loads((output / "metrics.json").read_text())["evaluation"]
@@ -62,7 +88,36 @@ def test_a_finished_run_gains_an_evaluation_without_training(tmp_path, tiny_mode
                  "--max-examples", "8", "--output", str(scored), "--model", str(tiny_model_dir),
                  "--data-dir", str(shared_data_dir)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "holds an evaluation of xnli/dev (sw n=8); give another --output" in err
+    assert err.count("\n") == 1 and "holds an evaluation of xnli/dev (sw n=8) for another request" in err
+
+
+def test_an_evaluation_output_is_reused_only_for_the_whole_request_it_holds(tmp_path, tiny_model_dir, shared_data_dir,
+                                                                          capsys):
+    """Another model (other weights), or the whole set after a capped one, is not answered with the cached result."""
+    config = {"model": str(tiny_model_dir), "data_dir": str(shared_data_dir), "precision": "fp32", "max_length": 32,
+              "target": {"task": {"task": "mnli", "split": "dev", "max_examples": 16},
+                         "train": {"max_steps": 1, "batch_size": 8}},
+              "evaluate": [{"task": "xnli", "split": "dev", "languages": ["en"], "max_examples": 4}]}
+    run(parse_config(config, "test"), tmp_path / "run")
+    other = tmp_path / "other-model"
+    shutil.copytree(tmp_path / "run" / "target", other)
+    weights = load_file(other / "model.safetensors")
+    save_file({name: tensor + 1 if tensor.is_floating_point() else tensor for name, tensor in weights.items()},
+              other / "model.safetensors")
+    scored = tmp_path / "scored"
+
+    def evaluate(model: Path, *cap: str) -> int:
+        return main(["evaluate", str(model), "--task", "xnli", "--split", "dev", "--languages", "sw", *cap, "--output",
+                     str(scored), "--model", str(tiny_model_dir), "--data-dir", str(shared_data_dir)])
+
+    assert evaluate(tmp_path / "run" / "target", "--max-examples", "8") == 0
+    assert json.loads((scored / "result.json").read_text())["request"]["max_examples"] == 8
+    assert evaluate(tmp_path / "run" / "target", "--max-examples", "8") == 0  # the same request: reused
+    capsys.readouterr()
+    for model, cap in [(other, ["--max-examples", "8"]), (tmp_path / "run" / "target", [])]:
+        assert evaluate(model, *cap) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{scored}: holds an evaluation of xnli/dev (sw n=8) for another request" in err
 
 
 def test_a_study_gains_an_evaluation_for_every_arm_and_seed(tmp_path, tiny_model_dir, shared_data_dir):

@@ -158,4 +158,4 @@ def test_linearized_ratio_has_the_corpus_f1_as_mean_and_the_bootstrap_spread() -
     draws = rng.integers(0, 2000, (2000, 2000))
     bootstrap = 2 * found[draws].sum(1) / (gold + predicted)[draws].sum(1)
     assert values.std(ddof=1) / math.sqrt(2000) == pytest.approx(bootstrap.std(ddof=1), rel=0.1)
-    assert (linearized_ratio(np.zeros(5), np.zeros(5)) == 1).all()  # nothing to find and nothing claimed
+    assert (linearized_ratio(np.zeros(5), np.zeros(5)) == 0).all()  # nothing to find and nothing claimed: 0

@@ -108,6 +108,19 @@ def test_dry_run_lists_each_shared_node_once(tiny_model_dir, shared_data_dir, tm
     assert "7 nodes for 6 result cells; 0 cached, 7 to run" in out
 
 
+def test_a_dry_run_of_a_slice_lists_only_the_slices_nodes(tiny_model_dir, shared_data_dir, tmp_path, capsys):
+    spec = StudySpec(**{**tiny_study(tiny_model_dir, shared_data_dir, [SNLI]), "seeds": [3, 4]})
+    graph = build_graph(spec)
+    for seeds, arms, count, cells in [([3], None, 5, 2), ([4], ["baseline"], 2, 1)]:
+        run_study(spec, tmp_path / "study", dry_run=True, seeds=seeds, arms=arms)
+        out = capsys.readouterr().out
+        chosen = graph.closure(graph.wanted(graph.cells(seeds, arms)))
+        listed = {name for name in graph.nodes if f" {name}\n" in out or f" {name} <-" in out}
+        assert listed == {node.name for node in chosen} and len(chosen) == count
+        assert f"{count} nodes for {cells} result cells; 0 cached, {count} to run" in out
+    assert not (tmp_path / "study").exists()  # a dry run writes nothing
+
+
 def _wait_for(path_glob: str, root: Path, process: subprocess.Popen, timeout: float = 240) -> Path:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -250,3 +263,45 @@ def test_a_named_carried_head_must_be_a_task_of_every_arm(tmp_path):
     with pytest.raises(ValueError, match=r"target.carry_head 'snli' is not a task of the arms \['indonli'\]"):
         StudySpec(**spec)
     StudySpec(**{**spec, "arms": [SNLI]})
+
+
+SIB = {"task": "sib200", "max_examples": 64}
+
+
+def test_intermediate_models_are_scored_with_their_own_head(tiny_model_dir, shared_data_dir, tmp_path):
+    spec = tiny_study(tiny_model_dir, shared_data_dir, [
+        {"name": "sib-en", "group": "english", "tasks": [{**SIB, "languages": ["eng_Latn"]}]},
+        {"name": "sib-sw", "group": "low-resource", "tasks": [{**SIB, "languages": ["swh_Latn"]}]},
+        SNLI])
+    spec["intermediate_evaluate"] = [{"task": "sib200", "split": "test", "languages": ["eng_Latn", "swh_Latn"],
+                                      "max_examples": 20}]
+    spec = StudySpec(**spec)
+    graph = build_graph(spec)
+    assert [(probe.arm, probe.seed) for probe in graph.probes] == [("sib-en", 3), ("sib-sw", 3)]  # not snli's
+    for probe in graph.probes:
+        node = graph.nodes[probe.eval]
+        assert node.parents == (probe.intermediate,) and node.config.head == "sib200"
+        assert graph.users(probe.eval) == [f"{probe.arm}/3"]
+    study_dir = tmp_path / "study"
+    run_study(spec, study_dir, arms=["sib-sw"])  # a slice computes its own arm's intermediate evaluation only
+    scores = pd.read_csv(study_dir / "intermediate.csv")
+    assert set(scores.arm) == {"sib-sw"} and sorted(scores.language) == ["eng_Latn", "swh_Latn"]
+    run_study(spec, study_dir)
+    scores = pd.read_csv(study_dir / "intermediate.csv")
+    assert len(scores) == 4 and set(scores.arm) == {"sib-en", "sib-sw"} and (scores.n == 20).all()
+    for _, row in scores.iterrows():
+        predictions = pd.read_csv(study_dir / "nodes" / row.eval_node / "predictions" / f"{row.language}.csv")
+        assert row.score == pytest.approx(predictions["correct"].mean(), abs=1e-12) and row.metric == "accuracy"
+    assert set(pd.read_csv(study_dir / "results.csv").task) == {"xnli"}  # not in the primary results table
+    write_report(study_dir)
+    report = json.loads((study_dir / "report" / "report.json").read_text())
+    arms = report["intermediate"]["sib200/test"]["arms"]
+    assert arms["sib-sw"]["swh_Latn"] == pytest.approx(scores.set_index(["arm", "language"]).score["sib-sw", "swh_Latn"])
+    assert "Intermediate models on their own task" in (study_dir / "report" / "report.md").read_text()
+
+
+def test_intermediate_evaluation_of_a_task_no_arm_trains_is_refused(tmp_path):
+    spec = tiny_study(tmp_path, tmp_path, [SNLI])
+    spec["intermediate_evaluate"] = [{"task": "sib200", "split": "test"}]
+    with pytest.raises(ValueError, match="'sib200' is not a task of any arm"):
+        StudySpec(**spec)

@@ -5,6 +5,7 @@ every word's tag once; span F1 equals seqeval's; a tiny model learns PAN-X Engli
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from xstilts.config import parse_config
 from xstilts.errors import XstiltsError
 from xstilts.features import Features
 from xstilts.pipeline import run
+from xstilts.report.statistics import linearized_ratio
 from xstilts.task_types import score_outcomes, task_kind
 from xstilts.task_types.token_classification import IGNORED, WIDTH, windows
 from xstilts.tasks import load_registry
@@ -65,14 +67,21 @@ def test_a_conllu_treebank_joins_by_one_yaml_skipping_comments_ranges_and_empty_
     ("Anna\tB-PER\nParis\n", ":2:", ["no tag", "Paris"]),
     ("Anna\tB-PER\nParis\t\n", ":2:", ["no tag"]),
     ("Anna\tB-PER\n\nParis\tB-CITY\n", ":3:", ["unknown label 'B-CITY'"]),
-    ("Anna\tB-PER\n\n\nParis\tB-LOC\n", ":3:", ["empty sentence"]),
-    ("\nAnna\tB-PER\n", ":1:", ["empty sentence"]),
+    ("\n\nAnna\tB-PER\n\n\nParis\n", ":6:", ["no tag", "Paris"]),  # blank lines do not shift line numbers
 ])
 def test_bad_lines_stop_in_one_line_naming_file_and_line(tmp_path, text, where, words):
     spec, path = _task(tmp_path, text)
     with pytest.raises(XstiltsError) as excinfo:
         read_split(spec, "train", "en", tmp_path)
     one_line_error(excinfo, f"{path}{where}", *words)
+
+
+def test_blank_lines_at_the_start_the_end_and_repeated_between_sentences_are_one_separator(tmp_path):
+    """XTREME's files have blank lines at their start and end and runs of them between sentences."""
+    spec, _ = _task(tmp_path, "\n\r\nAnna\tB-PER\nlives\tO\n\n\n \t\nParis\tB-LOC\n\n\n")
+    examples = read_split(spec, "train", "en", tmp_path).examples
+    assert [e.words for e in examples] == [("Anna", "lives"), ("Paris",)]
+    assert [e.tags for e in examples] == [(1, 0), (3,)]
 
 
 @pytest.mark.parametrize("lines, where, words", [
@@ -158,6 +167,21 @@ def test_span_f1_is_seqevals_on_edge_cases(tmp_path, cases):
     assert score_outcomes(task_kind(spec), outcomes)["f1"] == pytest.approx(
         f1_score([g for g, _ in cases], [p for _, p in cases], zero_division=0))
     assert all(0 <= row["f1"] <= 1 for row in outcomes)
+
+
+def test_a_language_without_entities_scores_0_in_its_f1_and_in_the_reports_item_values(tmp_path):
+    """No gold and no predicted entity in a whole language: seqeval's F1 is 0, and so are the task's corpus F1
+    and the mean of the linearized item values the report checks it against."""
+    spec, _ = _task(tmp_path, "a\tO\n")
+    cases = [(["O", "O"], ["O", "O"]), (["O"], ["O"])]
+    outcomes = _outcomes(spec, cases)
+    counts = {name: np.array([row[name] for row in outcomes]) for name in ("found", "gold_entities", "predicted_entities")}
+    items = linearized_ratio(2 * counts["found"], counts["gold_entities"] + counts["predicted_entities"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # seqeval warns that F1 is ill-defined, and gives 0
+        expected = f1_score([g for g, _ in cases], [p for _, p in cases])
+    assert expected == 0
+    assert score_outcomes(task_kind(spec), outcomes)["f1"] == expected == items.mean()
 
 
 def _outcomes(spec, cases: list[tuple[list[str], list[str]]]) -> list[dict]:

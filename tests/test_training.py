@@ -180,16 +180,18 @@ def test_resume_after_sigkill_is_exact(tmp_path, tiny_model_dir, shared_data_dir
     with open(tmp_path / "killed.log", "wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "xstilts.cli", "run", str(path), "--output", str(interrupted)],
                                    cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
-        state = interrupted / "target" / "checkpoint" / "training_state.pt"
         deadline = time.monotonic() + 240
         while process.poll() is None and time.monotonic() < deadline:
-            if state.exists():
+            # the run's target phase is a node under nodes/; the `target` link appears when the run finishes
+            states = list(interrupted.glob("nodes/target-*/checkpoint/training_state.pt"))
+            if states:
                 process.send_signal(signal.SIGKILL)
+                state = states[0]
                 break
             time.sleep(0.005)
         process.wait(timeout=60)
     assert process.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-2000:]
-    assert not (interrupted / "target" / "DONE").exists()
+    assert not (state.parents[1] / "DONE").exists() and not (interrupted / "target").exists()
     saved_step = torch.load(state, weights_only=False)["state"]["step"]
     assert saved_step in (2, 4)
 

@@ -1,3 +1,3 @@
 """xstilts: intermediate-task transfer (X-STILTs) for zero-shot cross-lingual NLP."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

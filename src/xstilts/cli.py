@@ -16,7 +16,8 @@ def _run(args: argparse.Namespace) -> None:
 
     _output_dir(args.output)
     config = load_config(args.config)
-    overrides = {key: value for key, value in (("data_dir", args.data_dir), ("model", args.model), ("seed", args.seed)) if value is not None}
+    overrides = {key: value for key, value in (("data_dir", args.data_dir), ("model", args.model), ("seed", args.seed),
+                                               ("log", args.log)) if value is not None}
     if overrides:
         config = parse_config(config.model_dump() | overrides, args.config)
     run(config, args.output or Path("runs") / config.name)
@@ -31,6 +32,8 @@ def _study(args: argparse.Namespace) -> None:
     spec = load_study(args.study)
     if args.data_dir:
         spec = spec.model_copy(update={"data_dir": args.data_dir})
+    if args.log:
+        spec = spec.model_copy(update={"log": args.log})
     if args.executor == "local" and (args.address or args.cpus_per_node or args.slurm):
         raise XstiltsError("--address, --cpus-per-node and --slurm are for --executor ray or slurm")
     data_dir = spec.data_dir or os.environ.get("XSTILTS_DATA_DIR")
@@ -49,14 +52,33 @@ def _study(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from xstilts.exchange import export_study
 
+    _output_dir(args.output)
     print(export_study(args.study_dir, args.output))
+
+
+def _export_model(args: argparse.Namespace) -> None:
+    from xstilts.hf_interop import export_model
+
+    print(export_model(args.model_dir, args.output, args.head, args.model))
+
+
+def _export_predictions(args: argparse.Namespace) -> None:
+    from xstilts.xtreme_predictions import export_predictions
+
+    print(export_predictions(args.directory, args.output, args.arm, args.seed))
 
 
 def _merge(args: argparse.Namespace) -> None:
     from xstilts.exchange import merge_exports
 
     _output_dir(args.study_dir)
-    print(merge_exports(args.study_dir, args.exports))
+    data_dir = str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None
+    study = None
+    if args.study is not None:
+        from xstilts.study_spec import load_study
+
+        study = load_study(args.study)
+    print(merge_exports(args.study_dir, args.exports, data_dir, study))
 
 
 def _tasks(args: argparse.Namespace) -> None:
@@ -148,8 +170,14 @@ def _key_value(text: str) -> tuple[str, object]:
     return key.strip(), value
 
 
+LOG_HELP = ("track each training phase (loss, learning rate, dev scores, speeds) in its folder's logs/ with "
+            "TensorBoard or an offline Weights & Biases run (default: the config's `log`, else none)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Sub-commands and their options."""
+    from xstilts.tracking import LOG_BACKENDS
+
     parser = argparse.ArgumentParser(prog="xstilts", description="Intermediate-task transfer for zero-shot cross-lingual NLP.")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run one config: [intermediate ->] target -> evaluation")
@@ -158,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", help="folder of local data sets (default: $XSTILTS_DATA_DIR)")
     run.add_argument("--model", help="Hugging Face model name or path (default: the embedded mE5-small)")
     run.add_argument("--seed", type=int)
+    run.add_argument("--log", choices=LOG_BACKENDS, help=LOG_HELP)
     run.set_defaults(handler=_run)
     study = commands.add_parser("study", help="run a study (arms x seeds), skipping finished phases")
     study.add_argument("study", type=Path)
@@ -177,16 +206,39 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "whole study's node keys: a slice to merge later")
     study.add_argument("--arms", type=_name_list, help="compute only these arms' results (e.g. baseline,snli)")
     study.add_argument("--dry-run", action="store_true", help="print the graph and what is cached; run nothing")
+    study.add_argument("--log", choices=LOG_BACKENDS, help=LOG_HELP)
     study.set_defaults(handler=_study)
     export = commands.add_parser("export", help="write a study's finished results, predictions and provenance "
                                                 "(no weights) to a folder that travels")
     export.add_argument("study_dir", type=Path)
     export.add_argument("--output", type=Path, required=True, help="a new or empty folder")
     export.set_defaults(handler=_export)
+    export_model = commands.add_parser("export-model", help="write a trained model folder as a Hugging Face "
+                                                            "directory (config, weights, tokenizer, model card)")
+    export_model.add_argument("model_dir", type=Path, help="a study node (nodes/target-*, nodes/intermediate-*) or "
+                                                           "a run's target/ or intermediate/ folder")
+    export_model.add_argument("--output", type=Path, required=True, help="a new or empty folder")
+    export_model.add_argument("--head", help="the head to export, where the model has several")
+    export_model.add_argument("--model", help="the base model, where the folder does not record it (default: "
+                                              "the embedded mE5-small)")
+    export_model.set_defaults(handler=_export_model)
+    predictions = commands.add_parser("export-predictions", help="write a run's or a study arm's test predictions in "
+                                                                 "XTREME's layout (OUT/TASK/test-LANG.tsv or .json)")
+    predictions.add_argument("directory", type=Path, help="a run directory, a study directory or its export")
+    predictions.add_argument("--output", type=Path, required=True, help="a new or empty folder")
+    predictions.add_argument("--format", choices=["xtreme"], default="xtreme", help="the layout (only XTREME's)")
+    predictions.add_argument("--arm", help="a study: the arm whose predictions to write (required)")
+    predictions.add_argument("--seed", type=int, help="a study: the seed (required)")
+    predictions.set_defaults(handler=_export_predictions)
     merge = commands.add_parser("merge", help="take exports (from other machines) into a study folder, then "
                                               "rewrite its results; conflicting copies are refused")
     merge.add_argument("study_dir", type=Path, help="the study folder (created if new)")
     merge.add_argument("exports", type=Path, nargs="+", help="folders written by `xstilts export`")
+    merge.add_argument("--data-dir", help="this machine's folder of local data sets, recorded in the study "
+                                          "(default: the study folder's; a new one records none, so "
+                                          "$XSTILTS_DATA_DIR applies, never the exporting machine's)")
+    merge.add_argument("--study", type=Path, help="STUDY.yaml of another study that shares nodes with the exports' "
+                                                  "(e.g. the same baseline): take only those nodes, into its folder")
     merge.set_defaults(handler=_merge)
     tasks = commands.add_parser("tasks", help="list every task a study can name: type, metric, languages, "
                                               "splits, sources")
@@ -202,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(handler=_report)
     evaluate = commands.add_parser("evaluate", help="score a finished run or study on another evaluation set "
                                                     "(nothing is trained)")
-    evaluate.add_argument("target", type=Path, help="a run directory or a study directory")
+    evaluate.add_argument("target", type=Path, help="a run, study, trained model or Hugging Face model directory")
     evaluate.add_argument("--task", required=True, help="the evaluation task (see the task folders)")
     evaluate.add_argument("--split", default="test", choices=["train", "dev", "test"])
     evaluate.add_argument("--languages", nargs="+", help="languages (default: all of the task's)")

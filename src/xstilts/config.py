@@ -12,6 +12,11 @@ from xstilts.errors import XstiltsError
 from xstilts.names import PathName
 from xstilts.tasks.registry import load_yaml, validation_message
 from xstilts.tasks.spec import SplitName, StrictModel
+from xstilts.tracking import LOG_BACKENDS
+
+LogBackend = Literal[LOG_BACKENDS]
+LOG_DESCRIPTION = ("a tracker of each training phase (loss, learning rate, dev scores, speeds) in its folder's logs/: "
+                   "TensorBoard, an offline Weights & Biases run, or none; it changes no result (in no node key)")
 
 
 class TaskData(StrictModel):
@@ -124,6 +129,7 @@ class RunConfig(StrictModel):
     pooling: Literal["mean", "cls"] = Field(default="mean", description="sentence vector the heads read")
     data_dir: str | None = None
     task_dirs: list[str] = Field(default_factory=list)
+    log: LogBackend = Field(default="none", description=LOG_DESCRIPTION)
     intermediate: IntermediateConfig | None = None
     target: TargetConfig
     evaluate: list[EvalData] = Field(min_length=1)

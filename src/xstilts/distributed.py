@@ -54,6 +54,14 @@ class Ranks:
             offset += size
         return float(flat[-1])
 
+    def gather(self, value: torch.Tensor) -> list[torch.Tensor]:
+        """Every rank's `value`, indexed by rank, on every rank (a collective: every rank calls it)."""
+        if self.world == 1:
+            return [value]
+        found: list = [None] * self.world
+        torch.distributed.all_gather_object(found, value)
+        return found
+
     def decided_by_main(self, value: bool) -> bool:
         """Rank 0's `value` on every rank (e.g. whether a phase is already done), so that all ranks take the
         same path through the phase's barriers."""

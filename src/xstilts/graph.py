@@ -12,8 +12,9 @@ from typing import Callable, Literal
 
 from pydantic import Field
 
-from xstilts.config import EvalData, TaskData, TaskMixing, TrainConfig, resolve_data_dir
+from xstilts.config import EvalData, RunConfig, TargetConfig, TaskData, TaskMixing, TrainConfig, resolve_data_dir
 from xstilts.errors import XstiltsError
+from xstilts.model_identity import model_identity
 from xstilts.precision import pick_device, resolve_precision
 from xstilts.study_spec import BASELINE, StudySpec
 from xstilts.task_types import task_type
@@ -21,6 +22,11 @@ from xstilts.tasks.readers import input_fingerprint
 from xstilts.tasks.registry import TaskRegistry, load_registry
 from xstilts.tasks.spec import StrictModel
 
+# How results are computed, in every key. Bumped (with a line in docs/studies.md) when a change to xstilts changes
+# what a finished node would hold, so that caches of the old computation are not read as the new one's; a release
+# that changes no result leaves it, and every cache stays valid. Version 1 is left out of keys (those made
+# before it existed).
+RESULTS_VERSION = 1
 # An evaluation node's result.json layout, in its key: results of an older layout (per-language `accuracy`,
 # before `metric`/`score`) are scored again instead of read; trained nodes stay cached.
 EVAL_RESULT_FORMAT = 2
@@ -29,12 +35,14 @@ NodeKind = Literal["intermediate", "target", "eval"]
 
 
 class PhaseSettings(StrictModel):
-    """What every node shares: the base model, sequence length, the precision resolved for it, pooling."""
+    """What every node shares: the base model (its weights' identity, `model_identity`), sequence length, the
+    precision resolved for it, pooling, and the version of how results are computed."""
 
     model: str
     max_length: int
     precision: Literal["bf16", "fp32"]
     pooling: Literal["mean", "cls"]
+    results_version: int = Field(default=1, exclude_if=lambda value: value == 1)
 
 
 class IntermediateNodeConfig(PhaseSettings, TaskMixing):
@@ -106,13 +114,25 @@ class Use:
     eval: str
 
 
+@dataclass(frozen=True)
+class Probe:
+    """An evaluation of an arm's intermediate model with its own head (`intermediate_evaluate`)."""
+
+    arm: str
+    seed: int
+    intermediate: str
+    eval: str
+
+
 @dataclass
 class Graph:
-    """Nodes by name, in topological order (each once), and the result cells that use them."""
+    """Nodes by name, in topological order (each once), the result cells that use them, and the evaluations
+    outside the results table (of the base model, and of intermediate models)."""
 
     nodes: dict[str, Node] = field(default_factory=dict)
     uses: list[Use] = field(default_factory=list)
     base: list[str] = field(default_factory=list)  # evaluations of the base model (retrieval tasks)
+    probes: list[Probe] = field(default_factory=list)
 
     def add(self, node: Node) -> str:
         self.nodes.setdefault(node.name, node)
@@ -132,6 +152,13 @@ class Graph:
                 raise XstiltsError(f"--arms {arm!r} is not an arm of this study"
                                    + (f" (did you mean {close[0]!r}?)" if close else f" (its arms: {', '.join(known_arms)})"))
         return [use for use in self.uses if (seeds is None or use.seed in seeds) and (arms is None or use.arm in arms)]
+
+    def wanted(self, cells: list[Use]) -> list[str]:
+        """The evaluation nodes a slice of result cells asks for: its cells', the base model's, and the
+        intermediate evaluations of its arms and seeds."""
+        chosen = {(use.arm, use.seed) for use in cells}
+        probes = [probe.eval for probe in self.probes if (probe.arm, probe.seed) in chosen]
+        return list(dict.fromkeys([*self.base, *(use.eval for use in cells), *probes]))
 
     def closure(self, names: list[str]) -> list[Node]:
         """The named nodes and all their ancestors, in graph order."""
@@ -157,11 +184,9 @@ class Graph:
 
     def users(self, name: str) -> list[str]:
         """'arm/seed' labels of the result cells that depend on a node."""
-        found = []
-        for use in self.uses:
-            if name in (use.intermediate, use.target, use.eval) and f"{use.arm}/{use.seed}" not in found:
-                found.append(f"{use.arm}/{use.seed}")
-        return found
+        cells = [(use.arm, use.seed, (use.intermediate, use.target, use.eval)) for use in self.uses]
+        cells += [(probe.arm, probe.seed, (probe.intermediate, probe.eval)) for probe in self.probes]
+        return list(dict.fromkeys(f"{arm}/{seed}" for arm, seed, names in cells if name in names))
 
 
 def _inputs(tasks: list[TaskData], registry: TaskRegistry, data_dir: Path | None, training: bool) -> dict:
@@ -180,50 +205,93 @@ def _inputs(tasks: list[TaskData], registry: TaskRegistry, data_dir: Path | None
     return inputs
 
 
+class _Builder:
+    """Adds a study's or a run's nodes to a graph: the shared settings, and each node kind's config and label."""
+
+    def __init__(self, setup: StudySpec | RunConfig, seed_precisions: dict[int, str]) -> None:
+        self.precision = resolve_precision(setup.precision, pick_device())
+        self.seed_precisions = seed_precisions
+        self.registry = load_registry([Path(p) for p in setup.task_dirs])
+        self.data_dir = resolve_data_dir(setup.data_dir)
+        self.shared = {"model": model_identity(setup.model), "max_length": setup.max_length,
+                       "pooling": setup.pooling, "results_version": RESULTS_VERSION}
+        self.graph = Graph()
+
+    def settings(self, seed: int | None) -> dict:
+        precision = self.precision if seed is None else self.seed_precisions.get(seed, self.precision)
+        return {**self.shared, "precision": precision}
+
+    def intermediate(self, seed: int, tasks: list[TaskData], train: TrainConfig, mixing: TaskMixing,
+                     label: str) -> str:
+        return self.graph.add(Node("intermediate", IntermediateNodeConfig(
+            **self.settings(seed), seed=seed, tasks=tasks, inputs=_inputs(tasks, self.registry, self.data_dir, True),
+            train=train, sampling=mixing.sampling, temperature=mixing.temperature), (), label))
+
+    def target(self, seed: int, target: TargetConfig, parent: str | None, label: str) -> str:
+        carried = {"carry": target.carry, "carry_head": target.carry_head} if parent else {}
+        return self.graph.add(Node("target", TargetNodeConfig(
+            **self.settings(seed), seed=seed, task=target.task, train=target.train,
+            inputs=_inputs([target.task], self.registry, self.data_dir, True), **carried,
+        ), (parent,) if parent else (), label))
+
+    def evaluation(self, data: EvalData, head: str | None, seed: int | None, parents: tuple[str, ...],
+                   label: str) -> str:
+        return self.graph.add(Node("eval", EvalNodeConfig(
+            **self.settings(seed), result_format=EVAL_RESULT_FORMAT, data=data, head=head,
+            inputs=_inputs([data], self.registry, self.data_dir, training=False)), parents, label))
+
+
 def build_graph(spec: StudySpec, seed_precisions: dict[int, str] | None = None) -> Graph:
-    """Every arm (baseline first) x seed: [intermediate] -> target -> one eval node per evaluation set; and
-    for each retrieval evaluation (Tatoeba) one node scoring the base model's encoder, without parents.
+    """Every arm (baseline first) x seed: [intermediate] -> target -> one eval node per evaluation set; an
+    eval node per `intermediate_evaluate` set of a task the arm trains, scoring the intermediate model with
+    that task's head; and for each retrieval evaluation (Tatoeba) one node scoring the base model's encoder,
+    without parents.
 
     A node's key covers its settings, its parents, the resolved precision (a worker computes the node in that
     precision) and its inputs (task specs and data file checksums). `seed_precisions` keeps a seed at the
     precision it was computed at elsewhere (a seed is computed wholly at one); other seeds take this machine's."""
-    precision = resolve_precision(spec.precision, pick_device())
-    seed_precisions = seed_precisions or {}
-    registry = load_registry([Path(p) for p in spec.task_dirs])
-    data_dir = resolve_data_dir(spec.data_dir)
-    graph = Graph()
-
-    def settings(seed: int | None) -> dict:
-        return {"model": spec.model, "max_length": spec.max_length, "pooling": spec.pooling,
-                "precision": precision if seed is None else seed_precisions.get(seed, precision)}
-
-    def evaluation(data: EvalData, head: str | None, seed: int | None, parents: tuple[str, ...], label: str) -> str:
-        return graph.add(Node("eval", EvalNodeConfig(
-            **settings(seed), result_format=EVAL_RESULT_FORMAT, data=data, head=head,
-            inputs=_inputs([data], registry, data_dir, training=False)), parents, label))
-
+    build = _Builder(spec, seed_precisions or {})
+    graph = build.graph
     for data in spec.evaluate:
-        if not task_type(registry.get(data.task).type).trainable:
-            graph.base.append(evaluation(data, None, None, (), f"eval {data.task}/{data.split} of the base model"))
+        if not task_type(build.registry.get(data.task).type).trainable:
+            graph.base.append(build.evaluation(data, None, None, (), f"eval {data.task}/{data.split} of the base model"))
     for seed in spec.seeds:
         for arm in [None, *spec.arms]:
             parent = None
             if arm is not None:
-                parent = graph.add(Node("intermediate", IntermediateNodeConfig(
-                    **settings(seed), seed=seed, tasks=arm.capped_tasks(),
-                    inputs=_inputs(arm.capped_tasks(), registry, data_dir, training=True),
-                    train=arm.train or spec.intermediate_train, sampling=arm.sampling, temperature=arm.temperature,
-                ), (), f"intermediate {'+'.join(t.task for t in arm.tasks)}{f' cap {arm.cap}' if arm.cap else ''} seed {seed}"))
-            carried = {"carry": spec.target.carry, "carry_head": spec.target.carry_head} if parent else {}
-            target = graph.add(Node("target", TargetNodeConfig(
-                **settings(seed), seed=seed, task=spec.target.task, train=spec.target.train,
-                inputs=_inputs([spec.target.task], registry, data_dir, training=True), **carried,
-            ), (parent,) if parent else (), f"target {spec.target.task.task} after {arm.name if arm else BASELINE} seed {seed}"))
+                parent = build.intermediate(
+                    seed, arm.capped_tasks(), arm.train or spec.intermediate_train, arm,
+                    f"intermediate {'+'.join(t.task for t in arm.tasks)}{f' cap {arm.cap}' if arm.cap else ''} seed {seed}")
+                for data in spec.intermediate_evaluate:
+                    if data.task in {t.task for t in arm.tasks}:
+                        graph.probes.append(Probe(arm.name, seed, parent, build.evaluation(
+                            data, data.task, seed, (parent,), f"eval {data.task}/{data.split} of intermediate "
+                                                              f"{arm.name} seed {seed}")))
+            target = build.target(seed, spec.target, parent,
+                                  f"target {spec.target.task.task} after {arm.name if arm else BASELINE} seed {seed}")
             for index, data in enumerate(spec.evaluate):
-                name = evaluation(data, spec.target.task.task, seed, (target,),
-                                  f"eval {data.task}/{data.split} of {arm.name if arm else BASELINE} seed {seed}")
+                name = build.evaluation(data, spec.target.task.task, seed, (target,),
+                                        f"eval {data.task}/{data.split} of {arm.name if arm else BASELINE} seed {seed}")
                 graph.uses.append(Use(arm.name if arm else BASELINE, seed, index, parent, target, name))
     return graph
+
+
+def run_graph(config: RunConfig) -> tuple[Graph, dict[str, str]]:
+    """A run as a one-cell graph with the nodes (and keys) a study's cell of these settings has: [intermediate]
+    -> target -> an eval node per evaluation. Also the run directory's phase folder for each node
+    (`intermediate`, `target`, `eval-TASK-SPLIT`)."""
+    build = _Builder(config, {})
+    folders, parent = {}, None
+    if config.intermediate is not None:
+        parent = build.intermediate(config.seed, config.intermediate.tasks, config.intermediate.train,
+                                    config.intermediate, "intermediate")
+        folders["intermediate"] = parent
+    target = build.target(config.seed, config.target, parent, "target")
+    folders["target"] = target
+    for data in config.evaluate:
+        folders[f"eval-{data.task}-{data.split}"] = build.evaluation(
+            data, config.target.task.task, config.seed, (target,), f"eval {data.task}/{data.split}")
+    return build.graph, folders
 
 
 def node_dir(study_dir: Path, node: Node) -> Path:

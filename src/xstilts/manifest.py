@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import importlib.metadata
+import hashlib
 import json
 import os
 import platform
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+from xstilts.errors import XstiltsError
+
+_JSON_KINDS = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number",
+               bool: "true or false", type(None): "null"}
 LIBRARIES = ("xstilts", "torch", "transformers", "tokenizers", "safetensors", "datasets", "numpy", "pydantic")
 
 
@@ -60,6 +66,15 @@ def environment() -> dict:
             "cpu_count": os.cpu_count(), "argv": sys.argv}
 
 
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def write_text_atomically(path: Path, text: str) -> None:
     """Write a file so that readers see the old or the new content, never part of it (a temp file of this
     process, then rename): safe with several processes writing the same path."""
@@ -72,3 +87,21 @@ def write_text_atomically(path: Path, text: str) -> None:
 def write_json(path: Path, data: object) -> None:
     """Write JSON atomically."""
     write_text_atomically(path, json.dumps(data, indent=1, ensure_ascii=False, default=str))
+
+
+def read_json(path: Path, fix: str, expected: type = dict) -> Any:
+    """A JSON file xstilts wrote, checked to hold an `expected` (an object by default); a missing, damaged or
+    wrong-shaped file is one line naming it, what is wrong and `fix` (what to do)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        problem = "missing"
+    except (OSError, UnicodeDecodeError) as error:
+        problem = f"unreadable ({getattr(error, 'strerror', None) or getattr(error, 'reason', error)})"
+    except ValueError as error:
+        problem = f"not JSON ({str(error).splitlines()[0]})"
+    else:
+        if isinstance(data, expected):
+            return data
+        problem = f"holds {_JSON_KINDS.get(type(data), 'JSON')}, not {_JSON_KINDS.get(expected, 'JSON')}"
+    raise XstiltsError(f"{path}: {problem}; {fix}")

@@ -13,13 +13,16 @@ from torch import nn
 from transformers import AutoConfig, AutoModel
 
 from xstilts.errors import XstiltsError
+from xstilts.manifest import read_json
 from xstilts.task_types import task_type
+from xstilts.tasks.spec import LABELLED_TYPES
 
 HEADS_FILE = "heads.json"
 WEIGHTS_FILE = "model.safetensors"
 SETTINGS_FILE = "xstilts_model.json"
 POOLINGS = ("mean", "cls")
 HEAD_INPUTS = ("masked",)  # batch entries that go to the head, not the encoder (masked LM's masked positions)
+RESAVE = "re-run the phase that saved it (a study's node: delete the node's folder and run the study again)"
 
 
 @dataclass(frozen=True)
@@ -31,10 +34,43 @@ class HeadSpec:
 
 
 def read_heads(directory: Path) -> dict[str, HeadSpec]:
-    """A saved model's heads (heads.json; a plain label list is a classification head, as older runs wrote)."""
-    saved = json.loads((directory / HEADS_FILE).read_text(encoding="utf-8"))
-    return {name: HeadSpec("classification", tuple(value)) if isinstance(value, list)
-            else HeadSpec(value["type"], tuple(value["labels"])) for name, value in saved.items()}
+    """A saved model's heads (heads.json; a plain label list is a classification head, as older runs wrote);
+    a damaged file, a head of no known type, without a list of labels or, for a labelled type, with none is
+    one line."""
+    path = directory / HEADS_FILE
+    heads = {}
+    for name, value in read_json(path, RESAVE).items():
+        value = {"type": "classification", "labels": value} if isinstance(value, list) else value
+        kind = value.get("type") if isinstance(value, dict) else None
+        labels = value.get("labels") if isinstance(value, dict) else None
+        if not _known_type(kind) or not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            raise XstiltsError(f"{path}: head {name!r} is not a task type and a list of labels ({str(value)[:60]}); "
+                               f"{RESAVE}")
+        if kind in LABELLED_TYPES and not labels:
+            raise XstiltsError(f"{path}: the {kind} head {name!r} has no labels; {RESAVE}")
+        heads[name] = HeadSpec(kind, tuple(labels))
+    if not heads:
+        raise XstiltsError(f"{path}: no heads; {RESAVE}")
+    return heads
+
+
+def _known_type(kind: object) -> bool:
+    """Whether `kind` names a task type."""
+    try:
+        task_type(kind)
+        return True
+    except (KeyError, TypeError):
+        return False
+
+
+def load_weights(path: Path, fix: str, what: str = "weights") -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a missing, truncated or foreign file is one line naming it, `what` it
+    holds and `fix`."""
+    try:
+        return load_file(str(path))
+    except (OSError, RuntimeError, ValueError, SafetensorError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise XstiltsError(f"{path}: unreadable {what} ({first}); {fix}") from None
 
 
 class MultiHeadModel(nn.Module):
@@ -100,17 +136,23 @@ def load_checkpoint(
     pooling: str = "mean", attention_dropout: float | None = None,
 ) -> MultiHeadModel:
     """A model whose encoder comes from a saved phase; `carry_heads` maps new head -> saved head to copy."""
-    saved = load_file(str(directory / WEIGHTS_FILE))
+    saved = load_weights(directory / WEIGHTS_FILE, RESAVE)
     result = MultiHeadModel(load_encoder(model, dropout, attention_dropout), heads, dropout, pooling)
     state = {key: value for key, value in saved.items() if key.startswith("encoder.")}
     for new, old in carry_heads.items():
         state |= {f"heads.{new}.{k[len(f'heads.{old}.'):]}": v for k, v in saved.items() if k.startswith(f"heads.{old}.")}
-    missing, unexpected = result.load_state_dict(state, strict=False)
-    fresh = {f"heads.{name}." for name in heads if name not in carry_heads}
-    not_loaded = [key for key in missing if not any(key.startswith(prefix) for prefix in fresh)]
-    if not_loaded or unexpected:
-        raise RuntimeError(f"{directory}: checkpoint does not match the model (missing {not_loaded[:3]}, unexpected {unexpected[:3]})")
-    return result
+    try:
+        missing, unexpected = result.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # a tensor of another shape (heads.json and the weights disagree)
+        problem = " ".join(str(error).split("\n", 1)[-1].split())[:200]
+    else:
+        fresh = {f"heads.{name}." for name in heads if name not in carry_heads}
+        not_loaded = [key for key in missing if not any(key.startswith(prefix) for prefix in fresh)]
+        if not not_loaded and not unexpected:
+            return result
+        problem = f"missing {not_loaded[:3]}, unexpected {unexpected[:3]}"
+    raise XstiltsError(f"{directory / WEIGHTS_FILE}: the weights do not match the model and its {HEADS_FILE} "
+                       f"({problem}); {RESAVE}")
 
 
 def load_trained(model: str, directory: Path) -> MultiHeadModel:

@@ -19,3 +19,15 @@ def path_component(name: str) -> str:
 
 
 PathName = Annotated[str, AfterValidator(path_component)]
+
+
+def task_name(name: str) -> str:
+    """A task's name: a path component (`path_component`) without '.', since it also names the task's head,
+    a PyTorch module, whose name cannot hold one."""
+    path_component(name)
+    if "." in name:
+        raise ValueError(f"{name!r}: a task's name names its head, which cannot hold a '.'; use '-' or '_'")
+    return name
+
+
+TaskName = Annotated[str, AfterValidator(task_name)]

@@ -4,7 +4,6 @@ one holding a checkpoint resumes; otherwise it starts. `DONE` is written last, a
 from __future__ import annotations
 
 import csv
-import json
 import os
 import shutil
 import sys
@@ -24,10 +23,10 @@ from xstilts.embedded_model import resolve_model
 from xstilts.errors import XstiltsError
 from xstilts.evaluation import inference_weights, predict
 from xstilts.features import Features
-from xstilts.manifest import machine, write_json
+from xstilts.manifest import machine, read_json, write_json
 from xstilts.memory import peak_rss_mb, release_free_heap
 from xstilts.model import HeadSpec, MultiHeadModel, load_checkpoint, load_encoder, load_trained, read_heads
-from xstilts.precision import pick_device, resolve_precision
+from xstilts.precision import device_kind, pick_device, resolve_precision
 from xstilts.task_types import read_split, score_outcomes, task_kind, task_type
 from xstilts.tasks.readers import SplitData, check_available, reads_local
 from xstilts.task_types.masked_lm import Pieces
@@ -147,14 +146,15 @@ def check_plan(registry: TaskRegistry, data_dir: Path | None, training: list[Tas
 
 
 def is_done(directory: Path) -> bool:
-    """Whether a phase directory holds a finished result: a DONE marker and a readable result.json. It only
-    reads, so read-only commands (status, dry runs, reports) change nothing."""
+    """Whether a phase directory holds a finished result: a DONE marker and a readable result.json (a phase's
+    result: an object with its `kind`, not `{}` or `[]`). It only reads, so read-only commands (status, dry
+    runs, reports) change nothing."""
     if not (directory / DONE_FILE).exists():
         return False
     try:
-        json.loads((directory / RESULT_FILE).read_text(encoding="utf-8"))
+        read_result(directory)
         return True
-    except (OSError, ValueError):
+    except XstiltsError:
         return False
 
 
@@ -192,8 +192,7 @@ class _PartClock:
 def _finish(ctx: Context, directory: Path, result: dict) -> dict:
     """Write the result with the machine that computed it, then the DONE marker (last, atomically); with
     several processes this is rank 0's work, and the others wait for it at a barrier."""
-    device = ctx.device
-    result["machine"] = machine(torch.cuda.get_device_name(device) if device.type == "cuda" else device.type)
+    result["machine"] = machine(device_kind(ctx.device))
     write_json(directory / RESULT_FILE, result)
     mark_done(directory)
     current_ranks().barrier()
@@ -251,9 +250,9 @@ def _examples_per_task(tasks: list[TaskData], train_tasks: list[TrainTask]) -> d
 
 def train_node(ctx: Context, out_dir: Path, *, tasks: list[TaskData], train: TrainConfig, seed: int,
                parent: Path | None = None, carry: str | None = None, carry_head: str | None = None,
-               mixing: TaskMixing = TaskMixing(), description: str = "train") -> dict:
+               mixing: TaskMixing = TaskMixing(), description: str = "train", log: str = "none") -> dict:
     """Train a head per task (masked_lm tasks share one) on top of `parent`'s encoder when given; the selected
-    model is saved in out_dir."""
+    model is saved in out_dir (`log`: a tracker of the training, in out_dir/logs)."""
     if current_ranks().decided_by_main(is_done(out_dir)):
         return read_result(out_dir)
     discard_unreadable(out_dir)
@@ -294,7 +293,7 @@ def train_node(ctx: Context, out_dir: Path, *, tasks: list[TaskData], train: Tra
         train_tasks = [replace(t, masking=pieces) if t.kind.masks_pieces else t for t in train_tasks]
     metrics = train_phase(model, train_tasks, train, out_dir, seed=seed, pad_id=pad_id,
                           precision=ctx.precision, device=ctx.device, mixing=mixing,
-                          description=description)
+                          description=description, log=log)
     if trim is not None:
         release_free_heap()  # the heap left fragmented by training, before the full matrix comes back
         trim.expand(model, spill)
@@ -363,7 +362,10 @@ def _scorer(ctx: Context, spec, trained: Path | None, head: str | None) -> Calla
         pooling = model.pooling if model is not None else ctx.pooling
         return lambda features: kind.retrieve(encoder, features, ctx.tokenizer.pad_token_id, pooling, ctx.precision,
                                               ctx.device)
-    model = inference_weights(load_trained(ctx.model, trained), ctx.precision).to(ctx.device)
+    from xstilts.hf_interop import is_hf_checkpoint, load_imported  # a Hugging Face folder scored with its own head
+
+    loaded = load_imported(trained, spec) if is_hf_checkpoint(trained) else load_trained(ctx.model, trained)
+    model = inference_weights(loaded, ctx.precision).to(ctx.device)
     if model.specs[head] != HeadSpec(spec.type, tuple(spec.labels)):
         raise XstiltsError(f"task {spec.name!r} ({spec.type}) has labels {spec.labels}, head {head!r} "
                            f"({model.specs[head].type}) has {model.labels[head]}")
@@ -380,5 +382,10 @@ def _write_predictions(path: Path, outcomes: list[dict]) -> None:
 
 
 def read_result(directory: Path) -> dict:
-    """The result.json of a finished phase."""
-    return json.loads((directory / RESULT_FILE).read_text())
+    """The result.json of a finished phase; a missing or damaged one, or one that is not a phase's result (no
+    `kind`), is one line saying to delete the phase's folder."""
+    fix = f"delete {directory} to compute this phase again"
+    result = read_json(directory / RESULT_FILE, fix)
+    if result.get("kind") not in ("train", "eval"):
+        raise XstiltsError(f"{directory / RESULT_FILE}: not a phase's result (no 'kind' train or eval); {fix}")
+    return result

@@ -16,6 +16,11 @@ def pick_device() -> torch.device:
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def device_kind(device: torch.device) -> str:
+    """The device a result records as having computed it: the GPU's name, else the device type ('cpu')."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
 def bf16_supported(device: torch.device) -> bool:
     """True on GPUs with bf16 and on CPUs with native bf16 instructions (AVX512-BF16 or AMX)."""
     if device.type == "cuda":

@@ -11,19 +11,25 @@ import time
 from pathlib import Path
 
 from filelock import FileLock
+from pydantic import ValidationError
 
-from xstilts.config import resolve_data_dir
+from xstilts.config import RunConfig, resolve_data_dir
+from xstilts.distributed import current_ranks
 from xstilts.errors import XstiltsError
 from xstilts.executors import Executor, make_executor
 from xstilts.graph import (EvalNodeConfig, Graph, IntermediateNodeConfig, Node, build_graph, node_dir, node_seed,
                            seed_precisions)
-from xstilts.manifest import environment, write_json, write_text_atomically
+from xstilts.manifest import environment, read_json, write_json, write_text_atomically
 from xstilts.memory import peak_rss_mb
 from xstilts.model import WEIGHTS_FILE
+from xstilts.precision import device_kind, pick_device
 from xstilts.phases import DONE_FILE, Context, check_plan, eval_node, is_done, read_result, train_node
 from xstilts.report.base_model import BASE_MODEL_FILE
+from xstilts.report.intermediate_scores import INTERMEDIATE_FILE
 from xstilts.study_spec import BASELINE, StudySpec
-from xstilts.tasks.registry import load_registry
+from xstilts.names import path_component
+from xstilts.tasks.registry import load_registry, validation_message
+from xstilts.tracking import check_backend
 from xstilts.training import CHECKPOINT_DIR
 
 RESULT_COLUMNS = ["arm", "group", "arm_languages", "size_matched", "intermediate_examples",
@@ -33,30 +39,64 @@ RESULT_COLUMNS = ["arm", "group", "arm_languages", "size_matched", "intermediate
 _CONTEXTS: dict[str, Context] = {}
 
 
-def _context(spec: StudySpec, precision: str) -> Context:
+SETUP_FIELDS = {"model", "task_dirs", "data_dir", "max_length", "pooling", "log"}
+
+
+def node_setup(setup: StudySpec | RunConfig) -> str:
+    """What computing a node takes besides its config (the base model as named, the task and data folders,
+    sequence length, pooling, where training curves are logged), as JSON: the same for a study and a run of
+    those settings."""
+    return setup.model_dump_json(include=SETUP_FIELDS)
+
+
+def _context(setup: dict, precision: str) -> Context:
     """One context per process and shared settings (model, tokenizer and tokenized data load once); the
     precision is the node's, as resolved when the graph was built, not the worker's own choice."""
-    key = json.dumps([spec.model, spec.task_dirs, spec.data_dir, spec.max_length, precision, spec.pooling])
+    key = json.dumps([setup["model"], setup["task_dirs"], setup["data_dir"], setup["max_length"], precision,
+                      setup["pooling"]])
     if key not in _CONTEXTS:
-        registry = load_registry([Path(p) for p in spec.task_dirs])
-        _CONTEXTS[key] = Context.create(spec.model, registry, resolve_data_dir(spec.data_dir), spec.max_length,
-                                        precision, spec.pooling)
+        registry = load_registry([Path(p) for p in setup["task_dirs"]])
+        _CONTEXTS[key] = Context.create(setup["model"], registry, resolve_data_dir(setup["data_dir"]),
+                                        setup["max_length"], precision, setup["pooling"])
     return _CONTEXTS[key]
 
 
-def run_node(study_dir: Path, spec_json: str, node: Node) -> dict:
+def run_node(study_dir: Path, setup_json: str, node: Node) -> dict:
     """Compute one node, or read it when another process has (a module-level function, so process pools and
     cluster executors can ship it). A trained node imported without its weights is trained again here: it
     runs only when a node to compute needs it as a parent."""
     out = node_dir(study_dir, node)
     out.parent.mkdir(parents=True, exist_ok=True)
-    # One process computes a node; another (a second driver, a retried worker) waits, then reads its result.
-    # The lock is the OS's (flock): a killed holder releases it.
-    with FileLock(out.with_name(out.name + ".lock")):
+    if is_done(out) and not usable(study_dir, node):  # imported without weights: to be trained again here
+        _check_retraining(out, node)
+    if current_ranks().world > 1:  # the processes of one phase (accelerate) compute it together, unlocked
+        return read_result(out) if usable(study_dir, node) else _compute_node(study_dir, setup_json, node, out)
+    with node_lock(out):
         if usable(study_dir, node):
             return read_result(out)
         (out / DONE_FILE).unlink(missing_ok=True)
-        return _compute_node(study_dir, spec_json, node, out)
+        return _compute_node(study_dir, setup_json, node, out)
+
+
+def node_lock(out: Path) -> FileLock:
+    """The lock under which a node's folder is computed or imported (`nodes/KIND-KEY.lock`): one process does it;
+    another (a second driver, a retried worker, a merge) waits, then finds it done. The lock is the OS's (flock):
+    a killed holder releases it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(out.with_name(out.name + ".lock"))
+
+
+def _check_retraining(out: Path, node: Node) -> None:
+    """A trained node imported without weights is trained again (at its seed's precision, which its key holds)
+    only on the kind of device that computed it: its seed's other nodes come from there, and a seed is computed
+    wholly on one."""
+    recorded, _ = machine_of(read_result(out))
+    here = device_kind(pick_device())
+    if recorded not in {here, "unknown"}:
+        raise XstiltsError(f"{out}: {node.label} was imported without weights from a {recorded} machine; training it "
+                           f"again here on {here} would compute seed {node.config.seed} on two kinds of device (its "
+                           f"contrasts compare like with like): compute what needs it on a {recorded} machine and merge "
+                           "its export here")
 
 
 def usable(study_dir: Path, node: Node) -> bool:
@@ -65,18 +105,17 @@ def usable(study_dir: Path, node: Node) -> bool:
     return is_done(out) and (node.kind == "eval" or (out / WEIGHTS_FILE).exists())
 
 
-def _compute_node(study_dir: Path, spec_json: str, node: Node, out: Path) -> dict:
-    spec = StudySpec.model_validate_json(spec_json)
-    config = node.config
-    ctx = _context(spec, config.precision)
+def _compute_node(study_dir: Path, setup_json: str, node: Node, out: Path) -> dict:
+    config, setup = node.config, json.loads(setup_json)
+    ctx = _context(setup, config.precision)
     parent = study_dir / "nodes" / node.parents[0] if node.parents else None
     if isinstance(config, EvalNodeConfig):
         return eval_node(ctx, out, trained=parent, head=config.head, data=config.data)
     if isinstance(config, IntermediateNodeConfig):
         return train_node(ctx, out, tasks=config.tasks, train=config.train, seed=config.seed, mixing=config,
-                          description=node.label)
+                          description=node.label, log=setup["log"])
     return train_node(ctx, out, tasks=[config.task], train=config.train, seed=config.seed, parent=parent,
-                      carry=config.carry, carry_head=config.carry_head, description=node.label)
+                      carry=config.carry, carry_head=config.carry_head, description=node.label, log=setup["log"])
 
 
 class StudyProgress:
@@ -122,17 +161,21 @@ def _clock(seconds: float) -> str:
     return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
 
 
-def describe(graph: Graph, study_dir: Path) -> str:
-    """The graph as text: each node once, its status, parents and the arm/seed cells that share it."""
-    lines = []
-    for node in graph.nodes.values():
+def describe(graph: Graph, study_dir: Path, nodes: list[Node], todo: list[Node], cells: int) -> str:
+    """A slice's nodes (`nodes`: its result cells' and their ancestors) as text: each once, its status (`todo` are
+    to run; an ancestor of cached nodes that is absent is not needed), parents and the arm/seed cells that share it."""
+    lines, to_run = [], {node.name for node in todo}
+    for node in nodes:
         directory = node_dir(study_dir, node)
-        status = "cached" if is_done(directory) else ("partial" if (directory / CHECKPOINT_DIR).exists() else "todo")
+        if node.name in to_run:
+            status = "partial" if (directory / CHECKPOINT_DIR).exists() else "todo"
+        else:
+            status = "cached" if is_done(directory) else "unneeded"
         parents = f" <- {', '.join(node.parents)}" if node.parents else ""
         users = graph.users(node.name)
         lines.append(f"{status:8s} {node.name}{parents}\n         {node.label}; used by {len(users)}: {', '.join(users)}")
-    done = sum(is_done(node_dir(study_dir, n)) for n in graph.nodes.values())
-    lines.append(f"{len(graph.nodes)} nodes for {len(graph.uses)} result cells; {done} cached, {len(graph.nodes) - done} to run")
+    done = sum(node.name not in to_run and is_done(node_dir(study_dir, node)) for node in nodes)
+    lines.append(f"{len(nodes)} nodes for {cells} result cells; {done} cached, {len(todo)} to run")
     return "\n".join(lines)
 
 
@@ -142,26 +185,30 @@ def run_study(spec: StudySpec, study_dir: Path, workers: int | None = None, dry_
     """Run (or with `dry_run`, describe) a study on `executor` (default: local, `workers` processes); returns the
     results table's path. `seeds` and `arms` choose a slice: only its result cells and what they need are
     computed, under the node keys of the whole study, so a slice computed anywhere can be merged."""
+    if not dry_run:
+        check_backend(spec.log)  # a missing tracker is one line before anything runs
     graph = build_graph(spec, seed_precisions(spec, study_dir))
     cells = graph.cells(seeds, arms)
-    wanted = [*graph.base, *dict.fromkeys(use.eval for use in cells)]
+    wanted = graph.wanted(cells)
+    todo = graph.to_run(wanted, lambda node: is_done(node_dir(study_dir, node)), lambda node: usable(study_dir, node))
     if dry_run:
-        print(describe(graph, study_dir))
+        print(describe(graph, study_dir, graph.closure(wanted), todo, len(cells)))
         return None
     started = time.perf_counter()
     registry = load_registry([Path(p) for p in spec.task_dirs])
     training = [spec.target.task, *(t for arm in spec.arms for t in arm.tasks)]
     check_plan(registry, resolve_data_dir(spec.data_dir), training, spec.target.task.task, spec.evaluate)
+    for data in spec.intermediate_evaluate:  # scored with their own task's head
+        check_plan(registry, resolve_data_dir(spec.data_dir), [], data.task, [data])
     study_dir.mkdir(parents=True, exist_ok=True)
     write_json(study_dir / "study.json", spec.model_dump())
     write_json(study_dir / "graph.json", {n.name: {"label": n.label, "parents": n.parents} for n in graph.nodes.values()})
     workers = workers or spec.workers
-    todo = graph.to_run(wanted, lambda node: is_done(node_dir(study_dir, node)), lambda node: usable(study_dir, node))
     progress = StudyProgress(graph.closure(wanted), todo, study_dir, workers)
     sliced = f" (slice: {len(cells)} of {len(graph.uses)} result cells)" if len(cells) < len(graph.uses) else ""
     print(f"[study] {len(graph.nodes)} nodes{sliced}, {progress.cached} cached, {len(todo)} to run", file=sys.stderr)
     executor = executor or make_executor("local", workers, study_dir)
-    executor.run(todo, functools.partial(run_node, study_dir, spec.model_dump_json()), progress)
+    executor.run(todo, functools.partial(run_node, study_dir, node_setup(spec)), progress)
     path = write_results(spec, graph, study_dir)
     ran = phase_seconds(study_dir, todo)
     found = provenance(graph, study_dir)
@@ -235,7 +282,9 @@ def write_results(spec: StudySpec, graph: Graph, study_dir: Path, into: Path | N
                   predictions_suffix: str = "") -> Path:
     """results.csv and results.jsonl: one row per arm x seed x evaluation task x language of every finished
     result cell, with the primary metric's name and score (results.jsonl also every metric, `scores`);
-    base_model.csv: the base model's scores on the retrieval evaluations, one row per task x language.
+    base_model.csv: the base model's scores on the retrieval evaluations, one row per task x language;
+    intermediate.csv: the intermediate models' scores (`intermediate_evaluate`), one row per arm x seed x task x
+    language.
     Read from `study_dir`, written `into` it or another folder (an export, whose predictions files carry
     `predictions_suffix`)."""
     arms = {arm.name: arm for arm in spec.arms}
@@ -269,9 +318,16 @@ def write_results(spec: StudySpec, graph: Graph, study_dir: Path, into: Path | N
     write_text_atomically(into / "results.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
     base = [{"task": result["task"], "split": result["split"], "language": language, "metric": value["metric"],
              "score": value["score"], "n": value["n"], "eval_node": name}
-            for name in graph.base for result in [_result(study_dir, name)] for language, value in result["languages"].items()]
+            for name in graph.base if is_done(study_dir / "nodes" / name) for result in [_result(study_dir, name)] for language, value in result["languages"].items()]
     if base:
         write_text_atomically(into / BASE_MODEL_FILE, _csv(list(base[0]), base))
+    probes = [{"arm": probe.arm, "group": arms[probe.arm].group, "seed": probe.seed, "task": result["task"],
+               "split": result["split"], "language": language, "metric": value["metric"], "score": value["score"],
+               "n": value["n"], "eval_node": probe.eval, "intermediate_node": probe.intermediate}
+              for probe in graph.probes if is_done(study_dir / "nodes" / probe.eval)
+              for result in [_result(study_dir, probe.eval)] for language, value in result["languages"].items()]
+    if probes:
+        write_text_atomically(into / INTERMEDIATE_FILE, _csv(list(probes[0]), probes))
     return path
 
 
@@ -283,12 +339,40 @@ def _csv(columns: list[str], rows: list[dict]) -> str:
     return table.getvalue()
 
 
+def _rewrite(study_dir: Path) -> str:
+    """What to do about a damaged file the study writes at every run."""
+    return f"run `xstilts study STUDY.yaml --output {study_dir}` again to rewrite it (finished nodes are kept)"
+
+
+def read_spec(study_dir: Path) -> StudySpec:
+    """A study folder's study.json; a missing, damaged or invalid one is one line."""
+    path = study_dir / "study.json"
+    try:
+        return StudySpec(**read_json(path, _rewrite(study_dir)))
+    except ValidationError as error:
+        raise XstiltsError(f"{validation_message(path, error)}; {_rewrite(study_dir)}") from None
+
+
+def _read_graph(study_dir: Path) -> dict[str, dict]:
+    """A study folder's graph.json: node name -> its label and parents; names that are not one folder name
+    (which could lead outside `nodes/`) and entries without a label are one line."""
+    path = study_dir / "graph.json"
+    nodes = read_json(path, _rewrite(study_dir))
+    for name, info in nodes.items():
+        try:
+            path_component(name)
+        except ValueError as error:
+            raise XstiltsError(f"{path}: {error}; {_rewrite(study_dir)}") from None
+        if not isinstance(info, dict) or not isinstance(info.get("label"), str):
+            raise XstiltsError(f"{path}: node {name}: no label; {_rewrite(study_dir)}")
+    return nodes
+
+
 def study_status(study_dir: Path) -> str:
     """Which nodes of a started study are finished, partial (checkpointed) or still to run."""
-    graph_file = study_dir / "graph.json"
-    if not graph_file.exists():
+    if not (study_dir / "graph.json").exists():
         raise XstiltsError(f"{study_dir}: not a study directory (no graph.json)")
-    nodes = json.loads(graph_file.read_text())
+    nodes = _read_graph(study_dir)
     counts = {"done": 0, "partial": 0, "todo": 0}
     lines = []
     for name, info in nodes.items():

@@ -7,7 +7,8 @@ from typing import Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from xstilts.config import EvalData, TargetConfig, TaskData, TaskMixing, TrainConfig, check_unique_evaluations
+from xstilts.config import (LOG_DESCRIPTION, EvalData, LogBackend, TargetConfig, TaskData, TaskMixing, TrainConfig,
+                             check_unique_evaluations)
 from xstilts.errors import XstiltsError
 from xstilts.names import PathName
 from xstilts.tasks.registry import load_yaml, validation_message
@@ -67,9 +68,13 @@ class StudySpec(StrictModel):
     intermediate_train: TrainConfig = TrainConfig()
     target: TargetConfig
     evaluate: list[EvalData] = Field(default_factory=lambda: [EvalData(task="xnli", split="test")], min_length=1)
+    intermediate_evaluate: list[EvalData] = Field(
+        default_factory=list, description="evaluations of each arm's intermediate model on a task the arm trains, "
+                                          "with that task's head (how well, and in which languages, it was learned)")
     arms: list[Arm] = Field(default_factory=list)
     primary: PrimaryContrast = PrimaryContrast()
     workers: int = Field(default=1, ge=1)
+    log: LogBackend = Field(default="none", description=LOG_DESCRIPTION)
 
     @model_validator(mode="after")
     def _unique_arms(self) -> StudySpec:
@@ -82,6 +87,12 @@ class StudySpec(StrictModel):
         if duplicated:
             raise ValueError(f"arm names must be unique and not {BASELINE!r}: {sorted(duplicated)}")
         check_unique_evaluations(self.evaluate)
+        check_unique_evaluations(self.intermediate_evaluate)
+        trained = {task.task for arm in self.arms for task in arm.tasks}
+        untrained = [data.task for data in self.intermediate_evaluate if data.task not in trained]
+        if untrained:
+            raise ValueError(f"intermediate_evaluate: {untrained[0]!r} is not a task of any arm (its head would not "
+                             f"exist); the arms train {sorted(trained)}")
         lacking = [arm.name for arm in self.arms if self.target.carry_head not in {None, *(t.task for t in arm.tasks)}]
         if lacking:
             raise ValueError(f"target.carry_head {self.target.carry_head!r} is not a task of the arms {lacking}")

@@ -16,8 +16,7 @@ from typing import Iterator
 import numpy as np
 import torch
 from tqdm import tqdm
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from transformers import get_linear_schedule_with_warmup
 
 from xstilts.attention import attention_implementation, training_attention
@@ -25,18 +24,21 @@ from xstilts.memory import activation_checkpointing, needs_activation_checkpoint
 from xstilts.averaging import WeightAverage
 from xstilts.config import TaskMixing, TrainConfig
 from xstilts.cpu import CpuThreads, adaptive_threads
-from xstilts.distributed import current_ranks
+from xstilts.distributed import Ranks, current_ranks
 from xstilts.errors import XstiltsError
 from xstilts.evaluation import predict
 from xstilts.features import Features, collate, length_grouped_batches
-from xstilts.model import WEIGHTS_FILE, MultiHeadModel
+from xstilts.model import WEIGHTS_FILE, MultiHeadModel, load_weights
 from xstilts.precision import autocast
 from xstilts.task_types import TaskType, score_outcomes
 from xstilts.task_types.masked_lm import Pieces, mask
+from xstilts.tracking import CURVE_POINTS, LOG_DIR, PhaseLog
 
 CHECKPOINT_DIR = "checkpoint"
 BEST_DIR = "best"
 AVERAGE_FILE = "average.safetensors"
+STATE_FILE = "training_state.pt"
+STATE_KEYS = ("fingerprint", "optimizer", "scheduler", "rng", "state")  # what a training state holds
 
 
 @dataclass
@@ -61,6 +63,7 @@ class TrainState:
     best_step: int | None = None
     evals_without_gain: int = 0
     history: list[dict] = field(default_factory=list)
+    curve: list[dict] = field(default_factory=list)  # the training curve (`curve_point`), ~CURVE_POINTS points
     seconds: float = 0.0
     examples: int = 0
     tokens: int = 0
@@ -115,8 +118,9 @@ def _optimizer(model: MultiHeadModel, config: TrainConfig) -> torch.optim.AdamW:
 
 
 def _save_checkpoint(out_dir: Path, model: MultiHeadModel, optimizer, scheduler, state: TrainState,
-                     fingerprint: dict, average: WeightAverage | None) -> None:
-    """Atomically replace the phase's checkpoint (weights apart from the training state)."""
+                     fingerprint: dict, average: WeightAverage | None, rng: list[torch.Tensor]) -> None:
+    """Atomically replace the phase's checkpoint (weights apart from the training state); `rng`: every rank's
+    random state, indexed by rank (`rank_rng_states`)."""
     tmp = out_dir / (CHECKPOINT_DIR + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save(tmp)
@@ -124,9 +128,9 @@ def _save_checkpoint(out_dir: Path, model: MultiHeadModel, optimizer, scheduler,
         state.averaged = average.count
         save_file(average.sums, str(tmp / AVERAGE_FILE))
     torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng,
          "state": state.__dict__, "fingerprint": fingerprint},
-        tmp / "training_state.pt",
+        tmp / STATE_FILE,
     )
     final = out_dir / CHECKPOINT_DIR
     old = out_dir / (CHECKPOINT_DIR + ".old")
@@ -149,26 +153,48 @@ def load_training_state(path: Path) -> dict:
                            "to start this phase over") from None
 
 
+def rank_rng_states(ranks: Ranks) -> list[torch.Tensor]:
+    """Every rank's random state (its dropout stream), indexed by rank, for rank 0 to save (a collective)."""
+    return ranks.gather(torch.get_rng_state())
+
+
+def restore_rng(saved: object, ranks: Ranks, path: Path) -> None:
+    """Set this rank's own random state from a checkpoint's per-rank list; a single state (a checkpoint from
+    before the list) serves a single process only."""
+    states = [saved] if isinstance(saved, torch.Tensor) else saved
+    if not isinstance(states, list) or len(states) != ranks.world or \
+            not all(isinstance(value, torch.Tensor) for value in states):
+        raise XstiltsError(f"{path}: holds no random state for each of {ranks.world} process(es); delete "
+                           f"{path.parent} to start this phase over")
+    torch.set_rng_state(states[ranks.rank])
+
+
 def _resume(out_dir: Path, model: MultiHeadModel, optimizer, scheduler, fingerprint: dict,
-            average: WeightAverage | None) -> TrainState:
-    """Load the checkpoint if there is one (and it was made with the same settings), else a fresh state."""
+            average: WeightAverage | None, ranks: Ranks) -> TrainState:
+    """Load the checkpoint if there is one (and it was made with the same settings), else a fresh state; a
+    state of the wrong structure or damaged weights are one line saying to delete the checkpoint."""
     directory = out_dir / CHECKPOINT_DIR
-    if not (directory / "training_state.pt").exists():
+    path, restart = directory / STATE_FILE, f"delete {directory} to start this phase over"
+    if not path.exists():
         return TrainState()
-    saved = load_training_state(directory / "training_state.pt")
+    saved = load_training_state(path)
+    missing = [key for key in STATE_KEYS if key not in saved] if isinstance(saved, dict) else list(STATE_KEYS)
+    if missing:
+        raise XstiltsError(f"{path}: not a training state (no {', '.join(missing)}); {restart}")
     if saved["fingerprint"] != fingerprint:
         raise XstiltsError(f"{directory}: checkpoint was made with other settings; delete it to start over")
+    weights = load_weights(directory / WEIGHTS_FILE, restart, "checkpoint weights")
     try:
-        model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
-    except (OSError, RuntimeError, ValueError, SafetensorError) as error:
-        raise XstiltsError(f"{directory / WEIGHTS_FILE}: unreadable checkpoint weights "
-                           f"({str(error).splitlines()[0]}); delete {directory} to start this phase over") from None
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    torch.set_rng_state(saved["rng"])
-    state = TrainState(**saved["state"])
+        model.load_state_dict(weights)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        restore_rng(saved["rng"], ranks, path)
+        state = TrainState(**saved["state"])
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as error:
+        first = " ".join(str(error).split())[:160] or type(error).__name__
+        raise XstiltsError(f"{path}: a damaged training state ({first}); {restart}") from None
     if average is not None and state.averaged:
-        average.load(load_file(str(directory / AVERAGE_FILE)), state.averaged)
+        average.load(load_weights(directory / AVERAGE_FILE, restart, "averaged weights"), state.averaged)
     return state
 
 
@@ -183,10 +209,19 @@ def evaluate_dev(model: MultiHeadModel, tasks: list[TrainTask], pad_id: int, pre
     return scores
 
 
+def curve_point(state: TrainState, lr: float) -> dict:
+    """One point of the training curve: step, training loss (its moving average, as in the history), this step's
+    learning rate, and examples and pieces per second since the phase began."""
+    seconds = max(state.seconds, 1e-9)
+    return {"step": state.step, "loss": state.loss_ema, "lr": lr, "examples_per_second":
+            round(state.examples / seconds, 2), "tokens_per_second": round(state.tokens / seconds, 1)}
+
+
 def train_phase(model: MultiHeadModel, tasks: list[TrainTask], config: TrainConfig, out_dir: Path, *, seed: int,
                 pad_id: int, precision: str, device: torch.device,
-                mixing: TaskMixing = TaskMixing(), description: str = "train") -> dict:
+                mixing: TaskMixing = TaskMixing(), description: str = "train", log: str = "none") -> dict:
     """Train `model` on `tasks`, resuming from `out_dir/checkpoint` if present; returns the phase's metrics.
+    `log`: also write the curve and dev scores to a tracker in `out_dir/logs` (see xstilts.tracking).
 
     The model left in memory is the selected one: the mean of the snapshots when `average_from` is set,
     else the best on dev when `select_best` and dev rows exist, else the last.
@@ -199,15 +234,16 @@ def train_phase(model: MultiHeadModel, tasks: list[TrainTask], config: TrainConf
         checkpointing = device.type == "cpu" and needs_activation_checkpointing(
             model.encoder, sequences, length, 2 if precision == "bf16" else 4)
     with attention_implementation(model.encoder, training_attention(config.attention, device)), \
-            activation_checkpointing(model.encoder, checkpointing), adaptive_threads(device) as threads:
+            activation_checkpointing(model.encoder, checkpointing), adaptive_threads(device) as threads, \
+            PhaseLog(log, out_dir / LOG_DIR, description, current_ranks().main) as tracker:
         return _train(model, tasks, config, out_dir, seed=seed, pad_id=pad_id, precision=precision, device=device,
                       sampling=mixing.sampling, temperature=mixing.temperature, description=description,
-                      threads=threads)
+                      threads=threads, tracker=tracker)
 
 
 def _train(model: MultiHeadModel, tasks: list[TrainTask], config: TrainConfig, out_dir: Path, *, seed: int,
            pad_id: int, precision: str, device: torch.device, sampling: str, temperature: float,
-           description: str, threads: CpuThreads | None) -> dict:
+           description: str, threads: CpuThreads | None, tracker: PhaseLog) -> dict:
     """The loop of `train_phase`."""
     ranks = current_ranks()
     torch.manual_seed(seed + 7919 * ranks.rank)  # each rank its own dropout stream
@@ -225,9 +261,11 @@ def _train(model: MultiHeadModel, tasks: list[TrainTask], config: TrainConfig, o
                    **({"world_size": ranks.world} if ranks.world > 1 else {})}  # as before for one process
     average = WeightAverage() if config.average_from is not None else None
     average_start = math.ceil(config.average_from * total_steps) if average is not None else None
-    state = _resume(out_dir, model, optimizer, scheduler, fingerprint, average)
+    state = _resume(out_dir, model, optimizer, scheduler, fingerprint, average, ranks)
     if state.step:
         print(f"{description}: resuming at step {state.step}/{total_steps}", file=sys.stderr)
+    tracker.begin(state.step, state.curve, state.history)
+    log_every = max(1, total_steps // CURVE_POINTS)
     heads = [task.head for task in tasks]
     trainable = [p for p in model.parameters() if p.requires_grad]
     progress = tqdm(total=total_steps, initial=state.step, desc=description, unit="step", dynamic_ncols=True,
@@ -270,6 +308,7 @@ def _train(model: MultiHeadModel, tasks: list[TrainTask], config: TrainConfig, o
         if config.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
         optimizer.step()
+        lr = optimizer.param_groups[0]["lr"]  # this step's
         scheduler.step()
         state.step += 1
         state.seconds = time.perf_counter() - started
@@ -283,6 +322,7 @@ def _train(model: MultiHeadModel, tasks: list[TrainTask], config: TrainConfig, o
             scores = evaluate_dev(model, tasks, pad_id, precision, device)
             score = float(np.mean(list(scores.values())))
             state.history.append({"step": state.step, "dev": scores, "score": score, "loss": state.loss_ema})
+            tracker.dev(state.history[-1])
             say(f"{description}: step {state.step} dev {score:.4f} " + " ".join(f"{k}={v:.4f}" for k, v in scores.items()))
             if state.best_score is None or score > state.best_score:
                 state.best_score, state.best_step, state.evals_without_gain = score, state.step, 0
@@ -293,10 +333,15 @@ def _train(model: MultiHeadModel, tasks: list[TrainTask], config: TrainConfig, o
                 if config.patience and state.evals_without_gain >= config.patience:
                     say(f"{description}: early stop after {state.evals_without_gain} evaluations without gain")
                     finished = True
+        if state.step % log_every == 0 or finished:
+            state.curve.append(curve_point(state, lr))
+            tracker.curve(state.curve[-1])
         if finished:
             break
-        if state.step % config.checkpoint_every == 0 and ranks.main:
-            _save_checkpoint(out_dir, model, optimizer, scheduler, state, fingerprint, average)
+        if state.step % config.checkpoint_every == 0:
+            rng = rank_rng_states(ranks)  # every rank takes part; rank 0 saves
+            if ranks.main:
+                _save_checkpoint(out_dir, model, optimizer, scheduler, state, fingerprint, average, rng)
     progress.close()
     if not ranks.main:  # rank 0 selects, saves and reports the phase's model
         return {"steps": state.step}
@@ -308,13 +353,15 @@ def _train(model: MultiHeadModel, tasks: list[TrainTask], config: TrainConfig, o
             averaged["average_dev"] = float(np.mean(list(evaluate_dev(model, tasks, pad_id, precision, device).values())))
             say(f"{description}: averaged weights ({average.count} snapshots) dev {averaged['average_dev']:.4f}")
     elif has_dev and config.select_best and (out_dir / BEST_DIR).exists():
-        model.load_state_dict(load_file(str(out_dir / BEST_DIR / WEIGHTS_FILE)))
+        model.load_state_dict(load_weights(out_dir / BEST_DIR / WEIGHTS_FILE,
+                                           f"delete {out_dir} to start this phase over", "best weights"))
         selected = "best"
     else:
         selected = "last"
     return {
         "steps": state.step, "total_steps": total_steps, "best_step": state.best_step, "best_dev": state.best_score,
-        "history": state.history, "train_seconds": round(state.seconds, 2), "train_examples": state.examples,
+        "history": state.history, "curve": state.curve, "train_seconds": round(state.seconds, 2),
+        "train_examples": state.examples,
         "train_pieces": state.tokens,  # pieces consumed (every sequence of every row drawn, padding excluded)
         "examples_per_second": round(state.examples / max(state.seconds, 1e-9), 2),
         "tokens_per_second": round(state.tokens / max(state.seconds, 1e-9), 1),

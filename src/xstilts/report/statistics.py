@@ -168,9 +168,10 @@ def linearized_ratio(numerators: np.ndarray, denominators: np.ndarray) -> np.nda
     """Per-item values whose mean is the ratio of sums R = sum(a) / sum(b), as corpus-level span F1 is
     (a = 2 x entities found, b = gold + predicted entities): z_i = R + (a_i - R b_i) / mean(b), the ratio's
     first-order (delta-method) influence. Their mean is R exactly and their variance over items is the delta
-    method's, so item resampling treats the ratio like a mean. With no entities anywhere, R = 1."""
+    method's, so item resampling treats the ratio like a mean. With no entities anywhere, R = 0, as the task's
+    corpus F1 and seqeval's `f1_score` have it."""
     a, b = np.asarray(numerators, float), np.asarray(denominators, float)
     if not b.sum():
-        return np.ones_like(a)
+        return np.zeros_like(a)
     ratio = a.sum() / b.sum()
     return ratio + (a - ratio * b) / b.mean()

@@ -7,7 +7,6 @@ import bz2
 import csv
 import dataclasses
 import functools
-import hashlib
 import json
 import os
 import sys
@@ -16,31 +15,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from xstilts.errors import XstiltsError
-from xstilts.tasks.spec import Example, HubSource, LocalSource, TaskSpec
+from xstilts.manifest import file_sha256
+from xstilts.tasks.hub import hub_location, read_hub
+from xstilts.tasks.records import Record, Records
+from xstilts.tasks.spec import Example, LocalSource, TaskSpec
 from xstilts.tasks.token_readers import token_records
 
 csv.field_size_limit(1 << 30)
-
-
-@dataclass(frozen=True)
-class Record:
-    """One row of a split as read: its fields by column name, and where it is (file:line, or a Hub row)."""
-
-    fields: dict[str, Any]
-    where: str
-
-
-@dataclass
-class Records:
-    """The rows of one task/split/language as read, before a task type turns them into examples."""
-
-    task: str
-    split: str
-    language: str
-    records: list[Record]
-    label_map: dict[str, str]
-    source: str
-    sha256: str | None = None
 
 
 @dataclass
@@ -55,15 +36,6 @@ class SplitData:
     sha256: str | None = None
     skipped_unlabelled: int = 0
     labels: list[str] = field(default_factory=list)
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def local_path(spec: TaskSpec, split: str, language: str, data_dir: Path, template: str | None = None) -> Path:
@@ -356,30 +328,6 @@ def _labels_from(spec: TaskSpec, split: str, language: str, data_dir: Path, data
     return _Labels(path, values, by_key)
 
 
-def read_hub(spec: TaskSpec, split: str, language: str) -> Records:
-    """Read a split from the Hugging Face Hub with `datasets` (needs internet or a warm HF cache)."""
-    import datasets
-
-    source: HubSource | None = spec.hub
-    if source is None:
-        raise XstiltsError(f"task {spec.name!r} has no Hub source; pass --data-dir for its local files")
-    check_available(spec, split, language, None, "hub")
-    name = source.name.format(language=language) if source.name else None
-    dataset = datasets.load_dataset(source.path, name, split=source.splits[split])
-    where = f"hub:{source.path}/{name or ''}/{source.splits[split]}"
-    records = [Record({key: [_hub_field(row, c) for c in column] if isinstance(column, list) else _hub_field(row, column)
-                       for key, column in source.columns.items()}, f"{where}:{number}")
-               for number, row in enumerate(dataset, start=1)]
-    return Records(spec.name, split, language, records, source.label_map, where, getattr(dataset, "_fingerprint", None))
-
-
-def _hub_field(record: dict, column: str) -> Any:
-    """A Hub record's field; `a.b` reads field b of the nested record a (e.g. `choices.text`)."""
-    for part in column.split("."):
-        record = record[part]
-    return record
-
-
 def reads_local(spec: TaskSpec, data_dir: Path | None, source: str) -> bool:
     """Whether a read uses the local files (else the Hub)."""
     return spec.local is not None and source != "hub" and (data_dir is not None or source == "local")
@@ -402,6 +350,8 @@ def check_available(spec: TaskSpec, split: str, language: str, data_dir: Path | 
         raise XstiltsError(f"task {spec.name!r} reads local files: set --data-dir or XSTILTS_DATA_DIR to the data folder")
     elif split not in spec.hub.splits:
         raise XstiltsError(f"task {spec.name!r} has no Hub split {split!r}")
+    else:
+        hub_location(spec, data_dir)
 
 
 def read_records(spec: TaskSpec, split: str, language: str, data_dir: Path | None, source: str = "auto") -> Records:
@@ -412,5 +362,5 @@ def read_records(spec: TaskSpec, split: str, language: str, data_dir: Path | Non
     if reads_local(own, data_dir, source):
         data = read_local(own, split, language, data_dir)
     else:
-        data = read_hub(own, split, language)
+        data = read_hub(own, split, language, data_dir)
     return data if own is spec else dataclasses.replace(data, task=spec.name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,7 +10,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
+from xstilts.names import PathName, TaskName
+
 SplitName = Literal["train", "dev", "test"]
+HUB_ID = re.compile(r"(?!.*\.\.)[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?", re.ASCII)  # owner/name or name
+LABELLED_TYPES = ("classification", "token_classification")  # types whose head predicts one of `labels`
 TOKEN_COLUMNS = {"tokens": "tokens", "tags": "tags", "lines": "lines"}  # the fields of a conll/conllu record
 
 
@@ -87,32 +92,58 @@ class LocalSource(StrictModel):
             start, colon, end = value.partition(":")
             if not colon or not all(part.strip().isdigit() for part in (start, end) if part.strip()):
                 raise ValueError(f"rows.{split}: {value!r} is not a slice START:END of record numbers (e.g. '0:9000')")
-        templates = {**{f"files.{split}": name for split, name in self.files.items()},
-                     **{f"columns.{key}": name for key, name in self.columns.items() if isinstance(name, str)}}
-        for where, template in templates.items():
-            names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
-            if names - {"language"}:
-                unknown = ", ".join("{" + name + "}" for name in sorted(names - {"language"}))
-                raise ValueError(f"{where}: unknown placeholder {unknown} in {template!r}; the only one is "
-                                 "{language}")
+        _check_placeholders({**{f"files.{split}": name for split, name in self.files.items()},
+                             **{f"aligned_files.{split}": name for split, name in self.aligned_files.items()},
+                             **{f"columns.{key}": name for key, name in self.columns.items() if isinstance(name, str)},
+                             **({"labels_from.file": self.labels_from.file} if self.labels_from else {})})
         return self
+
+
+def _check_placeholders(templates: dict[str, str]) -> None:
+    """Each template (key -> text) may hold `{language}` and no other placeholder (`{lang}`, `{0}`, `{}`), so
+    that a misspelt one fails when the task is loaded, not when the file is first opened."""
+    for where, template in templates.items():
+        try:
+            names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+        except ValueError as error:  # a lone '{' or '}'
+            raise ValueError(f"{where}: {error} in {template!r}; write '{{{{' or '}}}}' for a brace") from None
+        if names - {"language"}:
+            unknown = ", ".join("{" + name + "}" for name in sorted(names - {"language"}))
+            raise ValueError(f"{where}: unknown placeholder {unknown} in {template!r}; the only one is {{language}}")
 
 
 class HubSource(StrictModel):
     """A Hugging Face Hub data set; `{language}` in `name` is filled per language; a column `a.b` is field b of
     the nested record a; a split may combine several (`train_r1+train_r2`)."""
 
-    path: str
+    path: str = Field(description="a Hub identifier (`owner/name` or `name`); or a folder `datasets` can read: "
+                      "`./FOLDER` inside the data folder, or an absolute one with `absolute_paths: true`")
     name: str | None = None
     splits: dict[SplitName, str]
     columns: dict[str, str | list[str]]
     label_map: dict[str, str] = Field(default_factory=dict)
+    absolute_paths: bool = Field(default=False, description="allow an absolute folder as `path` (outside the data "
+                                                            "folder)")
+
+    @model_validator(mode="after")
+    def _path_and_placeholders(self) -> HubSource:
+        folder = self.path.startswith("./")
+        absolute = self.path.startswith(("/", "~"))
+        if not (HUB_ID.fullmatch(self.path) or folder or absolute) or ".." in Path(self.path).parts \
+                or not self.path.isprintable():
+            raise ValueError(f"path {self.path!r} is not a Hub identifier (owner/name or name), a folder './FOLDER' "
+                             "inside the data folder or an absolute folder")
+        if absolute and not self.absolute_paths:
+            raise ValueError(f"path {self.path!r} is an absolute folder; set `absolute_paths: true` under `hub:` to "
+                             "read a folder outside the data folder")
+        _check_placeholders({"name": self.name} if self.name else {})
+        return self
 
 
 class TaskSpec(StrictModel):
     """A task: its type, label set, languages and sources (local files and/or the Hub)."""
 
-    name: str
+    name: TaskName
     type: Literal["classification", "multiple_choice", "span_qa", "retrieval", "masked_lm",
                   "token_classification"] = "classification"
     description: str = ""
@@ -129,7 +160,7 @@ class TaskSpec(StrictModel):
     metric: Literal["accuracy", "f1"] | None = Field(
         default=None, description="token classification: `accuracy` per word (POS, the default) or `f1`, "
         "entity-level span F1 over IOB2 tags as seqeval computes it (NER)")
-    languages: list[str] = Field(default_factory=lambda: ["en"])
+    languages: list[PathName] = Field(default_factory=lambda: ["en"])
     skip_labels: list[str] = Field(default_factory=list)
     override: bool = Field(default=False, description="replace a task of the same name from an earlier folder")
     parallel: bool = Field(default=False, description="the languages are translations of the same items, row by "
@@ -161,7 +192,7 @@ class TaskSpec(StrictModel):
     def _has_source(self) -> TaskSpec:
         if self.local is None and self.hub is None:
             raise ValueError("a task needs a `local` or a `hub` source")
-        if self.type in ("classification", "token_classification") and not self.labels:
+        if self.type in LABELLED_TYPES and not self.labels:
             raise ValueError(f"a {self.type} task needs its `labels`")
         if self.metric is not None and self.type != "token_classification":
             raise ValueError(f"`metric` is a token_classification option; a {self.type} task has its type's metric")

