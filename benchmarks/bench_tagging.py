@@ -1,7 +1,7 @@
 """Token tagging against an independent reference: the Hugging Face `AutoModelForTokenClassification` on the
 same converted model, trained by the HF Trainer on the same data with the same hyperparameters as
 `configs/panx-en.yaml` and `configs/udpos-en.yaml` (English train, one epoch, lr 5e-5, batch 32, 10% warm-up,
-weight decay 0.01, 128 pieces, every weight trained, the model's own dropout, the last model kept), its
+weight decay 0.01, 128 pieces, the word embeddings frozen, the model's own dropout, the last model kept), its
 features as the transformers token-classification example (run_ner.py) writes them: the words tokenized with
 `is_split_into_words`, each word's tag on its first piece and -100 on the others. The reference is scored by
 `seqeval` (PAN-X: entity span F1 on English dev, 10,000 sentences) and by word accuracy (UD POS: English test,
@@ -9,7 +9,7 @@ features as the transformers token-classification example (run_ner.py) writes th
 The reference predicts with 512 pieces so that no word is cut off (xstilts predicts long sentences in windows);
 a word left without a piece would be predicted `O` (PAN-X) or counted wrong (UD POS).
 
-    python benchmarks/bench_tagging.py                 # trains both sides of both tasks (~40 min, 2-core CPU)
+    python benchmarks/bench_tagging.py                 # trains both sides of both tasks (about an hour, 2-core CPU)
     python benchmarks/bench_tagging.py --tasks panx    # one task
 """
 
@@ -80,6 +80,7 @@ def run_reference(task: str) -> dict:
     torch.manual_seed(SEED)
     model = AutoModelForTokenClassification.from_pretrained(
         path, num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+    model.get_input_embeddings().weight.requires_grad_(False)  # as xstilts' freeze_embeddings (the default)
     collator = DataCollatorForTokenClassification(tokenizer)
     with tempfile.TemporaryDirectory() as output:
         arguments = TrainingArguments(output, per_device_train_batch_size=BATCH, learning_rate=LR,
@@ -111,7 +112,7 @@ def run_reference(task: str) -> dict:
 def run_xstilts(task: str, run_dir: Path) -> dict:
     """xstilts' side: a run of the task's config (run here unless finished), its score and seqeval's."""
     split, metric = TASKS[task]
-    if not (run_dir / "metrics.json").exists():
+    if not (run_dir / "metrics.json").exists():  # a one-cell study: an interrupted run resumes
         subprocess.run([sys.executable, "-m", "xstilts.cli", "run", str(ROOT / "configs" / f"{task}-en.yaml"),
                         "--output", str(run_dir), "--data-dir", str(DATA_DIR)], check=True)
     target = json.loads((run_dir / "target" / "result.json").read_text())
@@ -137,7 +138,7 @@ def main() -> None:
     results = json.loads(args.output.read_text()) if args.output.exists() else {}
     for task in args.tasks.split(","):
         split, metric = TASKS[task]
-        xstilts = run_xstilts(task, ROOT / "runs" / f"bench-{task}")
+        xstilts = run_xstilts(task, ROOT / "runs" / f"bench-tagging-{task}")
         reference = run_reference(task)
         results[task] = {"data": f"{task} en train -> {task} en {split}", "config": f"configs/{task}-en.yaml",
                          "xstilts": xstilts, "reference_hf_token_classification": reference,

@@ -26,6 +26,14 @@ def tiny_study(model_dir: Path, data_dir: Path, arms: list[dict], **target_train
     }
 
 
+def tiny_run(model_dir: Path, data_dir: Path, eval_examples: int = 10) -> dict:
+    """A run config on the tiny model: one target step on 16 MNLI dev pairs, XNLI dev en."""
+    return {"model": str(model_dir), "data_dir": str(data_dir), "precision": "fp32", "max_length": 32,
+            "target": {"task": {"task": "mnli", "split": "dev", "max_examples": 16},
+                       "train": {"max_steps": 1, "batch_size": 8}},
+            "evaluate": [{"task": "xnli", "split": "dev", "languages": ["en"], "max_examples": eval_examples}]}
+
+
 SNLI = {"name": "snli", "group": "english", "tasks": [{"task": "snli"}], "cap": 64}
 INDONLI = {"name": "indonli", "group": "low-resource", "tasks": [{"task": "indonli"}], "cap": 64}
 

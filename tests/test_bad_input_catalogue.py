@@ -25,7 +25,7 @@ from xstilts.tasks.hub import hub_location
 from xstilts.tasks.registry import load_registry, load_task_file
 from xstilts.training import (AVERAGE_FILE, CHECKPOINT_DIR, STATE_FILE, TrainTask, load_training_state,
                               rank_rng_states, restore_rng, train_phase)
-from helpers import one_line_error
+from helpers import one_line_error, tiny_run
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -219,10 +219,7 @@ def test_a_result_that_is_no_result_counts_as_not_done(content, tmp_path, capsys
 def test_a_garbage_metrics_json_is_rewritten_not_read(tmp_path, tiny_model_dir, shared_data_dir, capsys):
     """A run's metrics.json is written from its phases' results and never read: `xstilts evaluate RUN_DIR` over
     a garbage one scores the added evaluation and writes the file anew, with every evaluation."""
-    config = {"model": str(tiny_model_dir), "data_dir": str(shared_data_dir), "precision": "fp32", "max_length": 32,
-              "target": {"task": {"task": "mnli", "split": "dev", "max_examples": 16},
-                         "train": {"max_steps": 1, "batch_size": 8}},
-              "evaluate": [{"task": "xnli", "split": "dev", "languages": ["en"], "max_examples": 4}]}
+    config = tiny_run(tiny_model_dir, shared_data_dir, eval_examples=4)
     output = tmp_path / "run"
     run(parse_config(config, "test"), output)
     (output / "metrics.json").write_text("\x00garbage")

@@ -18,7 +18,7 @@ from xstilts.pipeline import run
 from xstilts.summaries import evaluation_summary, format_table
 from xstilts.study import run_study
 from xstilts.study_spec import StudySpec
-from helpers import one_line_error
+from helpers import one_line_error, tiny_run
 
 
 def _done_marks(root: Path) -> dict[str, int]:
@@ -29,12 +29,10 @@ def _done_marks(root: Path) -> dict[str, int]:
 def test_a_run_that_failed_in_training_reruns_once_corrected(tmp_path, tiny_model_dir, shared_data_dir):
     """A run is a one-cell study: the corrected config recomputes only what changed (here the target phase,
     after an intermediate phase that had finished), with no claim of the old config on the folder."""
-    config = {"model": str(tiny_model_dir), "data_dir": str(shared_data_dir), "precision": "fp32", "max_length": 32,
-              "intermediate": {"tasks": [{"task": "sib200", "languages": ["swh_Latn"], "max_examples": 16}],
-                               "train": {"max_steps": 1, "batch_size": 8}},
-              "target": {"task": {"task": "mnli", "split": "dev", "max_examples": 16}, "carry": "encoder_and_head",
-                         "carry_head": "sib200", "train": {"max_steps": 1, "batch_size": 8}},
-              "evaluate": [{"task": "xnli", "split": "dev", "languages": ["en"], "max_examples": 10}]}
+    config = tiny_run(tiny_model_dir, shared_data_dir)
+    config["intermediate"] = {"tasks": [{"task": "sib200", "languages": ["swh_Latn"], "max_examples": 16}],
+                              "train": {"max_steps": 1, "batch_size": 8}}
+    config["target"].update(carry="encoder_and_head", carry_head="sib200")
     output = tmp_path / "run"
     with pytest.raises(XstiltsError, match="carry_head 'sib200'"):  # 7 topic labels cannot carry into NLI
         run(parse_config(config, "test"), output)
@@ -49,12 +47,8 @@ def test_a_run_that_failed_in_training_reruns_once_corrected(tmp_path, tiny_mode
 
 
 def test_a_finished_run_gains_an_evaluation_without_training(tmp_path, tiny_model_dir, shared_data_dir, capsys):
-    config = {"model": str(tiny_model_dir), "data_dir": str(shared_data_dir), "precision": "fp32", "max_length": 32,
-              "target": {"task": {"task": "mnli", "split": "dev", "max_examples": 16},
-                         "train": {"max_steps": 1, "batch_size": 8}},
-              "evaluate": [{"task": "xnli", "split": "dev", "languages": ["en"], "max_examples": 10}]}
     output = tmp_path / "run"
-    run(parse_config(config, "test"), output)
+    run(parse_config(tiny_run(tiny_model_dir, shared_data_dir), "test"), output)
     before = _done_marks(output)
     capsys.readouterr()
     assert main(["evaluate", str(output), "--task", "americasnli", "--split", "dev", "--languages", "aym",

@@ -137,3 +137,43 @@ def test_a_rejected_submission_is_one_line(tiny_model_dir, shared_data_dir, tmp_
     with pytest.raises(XstiltsError, match="Slurm refused the job: Invalid partition name specified") as error:
         run_study(spec, tmp_path / "study", executor=executor)
     assert "\n" not in str(error.value)
+
+
+def test_ray_gives_a_gpu_to_training_nodes_only_unless_evaluations_ask(tiny_model_dir, shared_data_dir):
+    from xstilts.executors.ray_cluster import node_gpus
+    from xstilts.graph import build_graph
+
+    nodes = build_graph(StudySpec(**tiny_study(tiny_model_dir, shared_data_dir, [SNLI]))).nodes.values()
+    kinds = {node.kind: node for node in nodes}
+    assert {kind: node_gpus(node, 4) for kind, node in kinds.items()} == {"intermediate": 1, "target": 1, "eval": 0}
+    assert node_gpus(kinds["eval"], 4, eval_gpus=True) == 1
+    assert {node_gpus(node, 0, eval_gpus=True) for node in nodes} == {0}  # a cluster without GPUs
+
+
+def test_a_new_seed_is_keyed_and_computed_at_the_precision_of_the_executors_workers(tiny_model_dir, shared_data_dir,
+                                                                                    tmp_path):
+    """`precision: auto` resolves where the nodes run: an executor whose workers resolve it otherwise than this
+    driver gets nodes keyed, computed and recorded at the workers' precision; a seed begun keeps its own."""
+    from xstilts.executors.local import SequentialExecutor
+    from xstilts.graph import build_graph
+    from xstilts.phases import read_result
+    from xstilts.precision import precision_here
+
+    here = precision_here("auto")
+    elsewhere = {"bf16": "fp32", "fp32": "bf16"}[here]
+    asked = []
+
+    class Workers(SequentialExecutor):  # as a Ray or Slurm worker on another kind of device would answer
+        def precision(self, requested: str) -> str:
+            asked.append(requested)
+            return elsewhere
+
+    spec = StudySpec(**{**tiny_study(tiny_model_dir, shared_data_dir, [SNLI]), "precision": "auto"})
+    run_study(spec, tmp_path, executor=Workers(), arms=["baseline"])
+    nodes = {path.name for path in (tmp_path / "nodes").iterdir() if not path.name.endswith(".lock")}
+    assert asked == ["auto"] and nodes <= set(build_graph(spec, precision=elsewhere).nodes)
+    assert {read_result(tmp_path / "nodes" / name)["precision"] for name in nodes if name.startswith("target")} \
+        == {elsewhere}
+    run_study(spec, tmp_path, executor=Workers())  # seed 3 is begun: it keeps its precision, nothing is asked
+    assert asked == ["auto"]
+    assert {path.name for path in (tmp_path / "nodes").iterdir()} >= nodes

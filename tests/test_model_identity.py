@@ -49,3 +49,23 @@ def test_the_embedded_model_keeps_the_keys_of_the_committed_quick_study(shared_d
     names = set(graph_module.precision_graphs(spec)["bf16"].nodes)
     exported = {path.name for path in (ROOT / "results" / "lowres-vs-english-quick" / "nodes").iterdir()}
     assert len(names) == 85 and names <= exported
+
+
+def test_hub_data_is_keyed_by_the_revision_it_resolves_to(monkeypatch):
+    """Online, a Hub data set's key holds its latest commit (a new commit re-keys what reads it); a pinned
+    `revision:` is keyed as pinned; offline, the address alone."""
+    from xstilts.tasks import hub, load_registry
+    from xstilts.tasks.readers import input_fingerprint
+
+    spec = load_registry().get("squad")
+    language = spec.languages[0]
+    commits = iter(["c0ffee", "beef42"])
+    monkeypatch.setattr(hub, "_latest_commit", lambda path: next(commits))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    first, second = (input_fingerprint(spec, "train", language, None) for _ in range(2))
+    assert first.endswith("@c0ffee") and second.endswith("@beef42")
+    pinned = spec.model_copy(update={"hub": spec.hub.model_copy(update={"revision": "v1.0"})})
+    assert input_fingerprint(pinned, "train", language, None).endswith("@v1.0")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert "@" not in input_fingerprint(spec, "train", language, None)

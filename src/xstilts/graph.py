@@ -208,8 +208,8 @@ def _inputs(tasks: list[TaskData], registry: TaskRegistry, data_dir: Path | None
 class _Builder:
     """Adds a study's or a run's nodes to a graph: the shared settings, and each node kind's config and label."""
 
-    def __init__(self, setup: StudySpec | RunConfig, seed_precisions: dict[int, str]) -> None:
-        self.precision = resolve_precision(setup.precision, pick_device())
+    def __init__(self, setup: StudySpec | RunConfig, seed_precisions: dict[int, str], precision: str | None = None) -> None:
+        self.precision = precision or resolve_precision(setup.precision, pick_device())
         self.seed_precisions = seed_precisions
         self.registry = load_registry([Path(p) for p in setup.task_dirs])
         self.data_dir = resolve_data_dir(setup.data_dir)
@@ -241,7 +241,7 @@ class _Builder:
             inputs=_inputs([data], self.registry, self.data_dir, training=False)), parents, label))
 
 
-def build_graph(spec: StudySpec, seed_precisions: dict[int, str] | None = None) -> Graph:
+def build_graph(spec: StudySpec, seed_precisions: dict[int, str] | None = None, precision: str | None = None) -> Graph:
     """Every arm (baseline first) x seed: [intermediate] -> target -> one eval node per evaluation set; an
     eval node per `intermediate_evaluate` set of a task the arm trains, scoring the intermediate model with
     that task's head; and for each retrieval evaluation (Tatoeba) one node scoring the base model's encoder,
@@ -249,8 +249,9 @@ def build_graph(spec: StudySpec, seed_precisions: dict[int, str] | None = None) 
 
     A node's key covers its settings, its parents, the resolved precision (a worker computes the node in that
     precision) and its inputs (task specs and data file checksums). `seed_precisions` keeps a seed at the
-    precision it was computed at elsewhere (a seed is computed wholly at one); other seeds take this machine's."""
-    build = _Builder(spec, seed_precisions or {})
+    precision it was computed at elsewhere (a seed is computed wholly at one); other seeds take `precision`
+    (where the executor runs nodes: `Executor.precision`), by default the study's as it resolves here."""
+    build = _Builder(spec, seed_precisions or {}, precision)
     graph = build.graph
     for data in spec.evaluate:
         if not task_type(build.registry.get(data.task).type).trainable:

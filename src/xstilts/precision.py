@@ -39,6 +39,11 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+def precision_here(precision: str) -> str:
+    """`precision` as it resolves on this process's device (what an executor's worker answers when asked)."""
+    return resolve_precision(precision, pick_device())
+
+
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     """Autocast to bf16 for 'bf16' (weights and optimizer state stay fp32), a no-op for 'fp32'."""
     if precision == "bf16":

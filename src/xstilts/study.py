@@ -187,7 +187,17 @@ def run_study(spec: StudySpec, study_dir: Path, workers: int | None = None, dry_
     computed, under the node keys of the whole study, so a slice computed anywhere can be merged."""
     if not dry_run:
         check_backend(spec.log)  # a missing tracker is one line before anything runs
-    graph = build_graph(spec, seed_precisions(spec, study_dir))
+        registry = load_registry([Path(p) for p in spec.task_dirs])
+        training = [spec.target.task, *(t for arm in spec.arms for t in arm.tasks)]
+        check_plan(registry, resolve_data_dir(spec.data_dir), training, spec.target.task.task, spec.evaluate)
+        for data in spec.intermediate_evaluate:  # scored with their own task's head
+            check_plan(registry, resolve_data_dir(spec.data_dir), [], data.task, [data])
+    workers = workers or spec.workers
+    executor = executor or make_executor("local", workers, study_dir)
+    begun = seed_precisions(spec, study_dir)
+    # a seed not begun is keyed at the precision the executor's workers compute it at (not this driver's)
+    asked = not dry_run and any(seed not in begun for seed in seeds or spec.seeds)
+    graph = build_graph(spec, begun, executor.precision(spec.precision) if asked else None)
     cells = graph.cells(seeds, arms)
     wanted = graph.wanted(cells)
     todo = graph.to_run(wanted, lambda node: is_done(node_dir(study_dir, node)), lambda node: usable(study_dir, node))
@@ -195,19 +205,12 @@ def run_study(spec: StudySpec, study_dir: Path, workers: int | None = None, dry_
         print(describe(graph, study_dir, graph.closure(wanted), todo, len(cells)))
         return None
     started = time.perf_counter()
-    registry = load_registry([Path(p) for p in spec.task_dirs])
-    training = [spec.target.task, *(t for arm in spec.arms for t in arm.tasks)]
-    check_plan(registry, resolve_data_dir(spec.data_dir), training, spec.target.task.task, spec.evaluate)
-    for data in spec.intermediate_evaluate:  # scored with their own task's head
-        check_plan(registry, resolve_data_dir(spec.data_dir), [], data.task, [data])
     study_dir.mkdir(parents=True, exist_ok=True)
     write_json(study_dir / "study.json", spec.model_dump())
     write_json(study_dir / "graph.json", {n.name: {"label": n.label, "parents": n.parents} for n in graph.nodes.values()})
-    workers = workers or spec.workers
     progress = StudyProgress(graph.closure(wanted), todo, study_dir, workers)
     sliced = f" (slice: {len(cells)} of {len(graph.uses)} result cells)" if len(cells) < len(graph.uses) else ""
     print(f"[study] {len(graph.nodes)} nodes{sliced}, {progress.cached} cached, {len(todo)} to run", file=sys.stderr)
-    executor = executor or make_executor("local", workers, study_dir)
     executor.run(todo, functools.partial(run_node, study_dir, node_setup(spec)), progress)
     path = write_results(spec, graph, study_dir)
     ran = phase_seconds(study_dir, todo)

@@ -19,9 +19,13 @@ class Progress(Protocol):
 
 
 class Executor(Protocol):
-    """Runs `work(node)` for every node, each after all of its parents."""
+    """Runs `work(node)` for every node, each after all of its parents; says what a precision ('auto')
+    resolves to where its training nodes run (a worker's device, not the driver's), so that the graph is keyed
+    at the precision the nodes are computed at."""
 
     def run(self, nodes: list[Node], work: Callable[[Node], dict], progress: Progress) -> None: ...
+
+    def precision(self, requested: str) -> str: ...
 
 
 def ready_nodes(pending: dict[str, Node], in_run: set[str], done: set[str]) -> list[Node]:

@@ -9,9 +9,17 @@ from typing import Callable
 
 from xstilts.executors import Progress, ready_nodes
 from xstilts.graph import Node
+from xstilts.precision import precision_here
 
 
-class SequentialExecutor:
+class LocalPrecision:
+    """Nodes run on this machine: a precision resolves here."""
+
+    def precision(self, requested: str) -> str:
+        return precision_here(requested)
+
+
+class SequentialExecutor(LocalPrecision):
     """One node at a time, in topological order, in this process."""
 
     def run(self, nodes: list[Node], work: Callable[[Node], dict], progress: Progress) -> None:
@@ -26,7 +34,7 @@ def _limit_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-class ParallelExecutor:
+class ParallelExecutor(LocalPrecision):
     """Up to `workers` nodes at once in worker processes (spawned), CPU threads split between them.
     `work` must be picklable (a module-level function or a functools.partial of one)."""
 

@@ -12,6 +12,7 @@ from typing import Callable
 from xstilts.errors import XstiltsError
 from xstilts.executors import Progress, ready_nodes
 from xstilts.graph import Node
+from xstilts.precision import precision_here
 
 DEFAULT_PARAMETERS = {"timeout_min": 240, "cpus_per_task": 4, "name": "xstilts"}
 
@@ -28,7 +29,8 @@ class SlurmExecutor:
         self.cluster = cluster
         self.poll_seconds = poll_seconds
 
-    def run(self, nodes: list[Node], work: Callable[[Node], dict], progress: Progress) -> None:
+    def _executor(self):
+        """submitit's executor with this study's job parameters; no Slurm, or a bad parameter, is one line."""
         try:
             import submitit
         except ImportError:
@@ -42,6 +44,22 @@ class SlurmExecutor:
         except (NameError, TypeError, ValueError) as error:  # submitit names an unknown key with a NameError
             raise XstiltsError(f"--slurm: {str(error).splitlines()[0]} (generic keys: timeout_min, mem_gb, "
                                "cpus_per_task, gpus_per_node, ...; Slurm's own with a slurm_ prefix)") from None
+        return executor
+
+    def precision(self, requested: str) -> str:
+        """'auto' as a job with the nodes' parameters (their GPUs) resolves it: one short job, queued like
+        the nodes'; a fixed precision as it is."""
+        if requested != "auto":
+            return requested
+        job = self._executor().submit(precision_here, requested)
+        try:
+            return job.result()
+        except Exception as error:
+            raise XstiltsError(f"the job asking the nodes' device for its precision failed: {_last_error(error)} "
+                               f"(logs: {self.folder}); or set `precision:` to bf16 or fp32") from None
+
+    def run(self, nodes: list[Node], work: Callable[[Node], dict], progress: Progress) -> None:
+        executor = self._executor()
         running: dict[str, tuple[object, Node]] = {}
         try:
             self._run(executor, nodes, work, progress, running)

@@ -3,6 +3,7 @@ may name) and its rows."""
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,27 @@ def hub_location(spec: TaskSpec, data_dir: Path | None) -> str:
     return str(folder)
 
 
+def hub_revision(source: HubSource) -> str | None:
+    """The commit a Hub data set's reads resolve to: `revision` as the task pins it, else the Hub's latest commit
+    when online (asked once per process), else None (offline, unreachable, or a local folder)."""
+    if source.revision is not None:
+        return source.revision
+    if source.path.startswith(("./", "/", "~")) or any(os.environ.get(flag, "") not in ("", "0") for flag in
+                                                       ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+        return None
+    return _latest_commit(source.path)
+
+
+@functools.lru_cache(maxsize=256)
+def _latest_commit(path: str) -> str | None:
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().dataset_info(path, timeout=10).sha
+    except Exception:  # no network, no such data set, a gated one: the key holds the address alone
+        return None
+
+
 def read_hub(spec: TaskSpec, split: str, language: str, data_dir: Path | None) -> Records:
     """Read a split from the Hugging Face Hub with `datasets` (needs internet or a warm HF cache), or from the
     local folder `hub.path` names."""
@@ -44,7 +66,8 @@ def read_hub(spec: TaskSpec, split: str, language: str, data_dir: Path | None) -
     if source is None:
         raise XstiltsError(f"task {spec.name!r} has no Hub source; pass --data-dir for its local files")
     name = source.name.format(language=language) if source.name else None
-    dataset = datasets.load_dataset(hub_location(spec, data_dir), name, split=source.splits[split])
+    dataset = datasets.load_dataset(hub_location(spec, data_dir), name, split=source.splits[split],
+                                    revision=source.revision)
     where = f"hub:{source.path}/{name or ''}/{source.splits[split]}"
     records = [Record({key: [_hub_field(row, c) for c in column] if isinstance(column, list) else _hub_field(row, column)
                        for key, column in source.columns.items()}, f"{where}:{number}")

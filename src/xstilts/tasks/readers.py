@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 from xstilts.errors import XstiltsError
 from xstilts.manifest import file_sha256
-from xstilts.tasks.hub import hub_location, read_hub
+from xstilts.tasks.hub import hub_location, hub_revision, read_hub
 from xstilts.tasks.records import Record, Records
 from xstilts.tasks.spec import Example, LocalSource, TaskSpec
 from xstilts.tasks.token_readers import token_records
@@ -64,7 +64,7 @@ def _file_sha256_cached(path: Path, modified_ns: int, size: int) -> str:
 
 def input_fingerprint(spec: TaskSpec, split: str, language: str, data_dir: Path | None, source: str = "auto") -> str:
     """What reading a split depends on besides the spec: the local file's SHA-256 ('missing' if absent), or
-    the Hub address (Hub content is versioned by the Hub, not hashed here)."""
+    the Hub address with the revision it resolves to (`hub.hub_revision`: pinned, or the latest when online)."""
     spec = spec.for_language(language)
     if reads_local(spec, data_dir, source) and split in spec.local.files and data_dir is not None:
         paths = [local_path(spec, split, language, data_dir)]
@@ -78,7 +78,8 @@ def input_fingerprint(spec: TaskSpec, split: str, language: str, data_dir: Path 
                         for path in paths)
     if spec.hub is not None and split in spec.hub.splits:
         name = spec.hub.name.format(language=language) if spec.hub.name else ""
-        return f"hub:{spec.hub.path}/{name}/{spec.hub.splits[split]}"
+        revision = hub_revision(spec.hub)
+        return f"hub:{spec.hub.path}/{name}/{spec.hub.splits[split]}" + (f"@{revision}" if revision else "")
     return "missing"
 
 

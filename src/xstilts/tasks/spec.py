@@ -124,6 +124,8 @@ class HubSource(StrictModel):
     label_map: dict[str, str] = Field(default_factory=dict)
     absolute_paths: bool = Field(default=False, description="allow an absolute folder as `path` (outside the data "
                                                             "folder)")
+    revision: str | None = Field(default=None, description="the Hub data set's commit, branch or tag to read "
+                                                           "(default: the latest, resolved when online)")
 
     @model_validator(mode="after")
     def _path_and_placeholders(self) -> HubSource:
