@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from filelock import FileLock
 
-import xstilts.graph
+import xstilts.executors.local
 from xstilts.cli import main
 from xstilts.errors import XstiltsError
 from xstilts.exchange import export_study, merge_exports
@@ -132,7 +132,7 @@ def test_two_different_copies_of_one_node_are_refused(slices, tmp_path):
 def test_a_seed_computed_at_two_precisions_or_on_two_device_kinds_is_refused(spec, slices, tmp_path, monkeypatch):
     local = resolve_precision("auto", pick_device())
     other = "fp32" if local == "bf16" else "bf16"
-    monkeypatch.setattr(xstilts.graph, "resolve_precision", lambda precision, device: other)
+    monkeypatch.setattr(xstilts.executors.local, "precision_here", lambda precision: other)  # another machine
     run_study(spec, tmp_path / "other", seeds=[3], arms=["snli"])  # bf16 autocast runs (emulated) on any CPU
     monkeypatch.undo()
     export_study(tmp_path / "other", tmp_path / "other-export")
@@ -299,7 +299,7 @@ def test_a_node_imported_without_weights_is_trained_again_only_on_its_kind_of_de
     """At the seed's own precision (its key holds it), and never on another kind of device than the seed's."""
     local = resolve_precision("auto", pick_device())
     other = "fp32" if local == "bf16" else "bf16"
-    monkeypatch.setattr(xstilts.graph, "resolve_precision", lambda precision, device: other)
+    monkeypatch.setattr(xstilts.executors.local, "precision_here", lambda precision: other)  # another machine
     run_study(spec, tmp_path / "other", seeds=[3], arms=["snli"])
     monkeypatch.undo()
     export_study(tmp_path / "other", tmp_path / "other-export")
