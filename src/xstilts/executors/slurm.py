@@ -51,7 +51,7 @@ class SlurmExecutor:
         the nodes'; a fixed precision as it is."""
         if requested != "auto":
             return requested
-        job = self._executor().submit(precision_here, requested)
+        job = _submit(self._executor(), "asking the nodes' device for its precision", precision_here, requested)
         try:
             return job.result()
         except Exception as error:
@@ -77,11 +77,7 @@ class SlurmExecutor:
             for node in ready[: self.jobs - len(running)]:
                 del pending[node.name]
                 progress.started(node)
-                try:
-                    running[node.name] = (executor.submit(work, node), node)
-                except Exception as error:  # sbatch refused it: a bad partition, account or limit
-                    why = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-                    raise XstiltsError(f"{node.label}: Slurm refused the job: {why}") from None
+                running[node.name] = (_submit(executor, node.label, work, node), node)
             if not running:
                 raise RuntimeError("graph has nodes whose parents never finish")
             time.sleep(self.poll_seconds)
@@ -95,6 +91,16 @@ class SlurmExecutor:
                                            f"(logs: {self.folder})") from None
                     progress.finished(node, result)
                     done.add(name)
+
+
+def _submit(executor, what: str, function: Callable, *args):
+    """submitit's job for `function(*args)`; a submission sbatch refuses (a bad partition, account or limit) is
+    one line."""
+    try:
+        return executor.submit(function, *args)
+    except Exception as error:
+        why = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        raise XstiltsError(f"{what}: Slurm refused the job: {why}") from None
 
 
 def _last_error(error: Exception) -> str:
