@@ -651,7 +651,7 @@ def test_hub_only_tasks_map_their_records(monkeypatch, task, record, expected):
     download itself needs internet; `datasets.load_dataset` hands over the record here)."""
     import datasets
 
-    monkeypatch.setattr(datasets, "load_dataset", lambda path, name, split: [record])
+    monkeypatch.setattr(datasets, "load_dataset", lambda path, name, split, revision=None: [record])
     example = read_split(load_registry().get(task), "dev", "en", None).examples[0]
     second = example.choices if example.choices else example.text_b
     assert (example.text_a, second, example.label) == expected
