@@ -19,7 +19,7 @@ os.environ["XSTILTS_CPU_THREADS"] = str(TEST_THREADS)
 def shared_data_dir() -> Path:
     """The shared data directory: ``$XSTILTS_DATA_DIR``, else ``<repo>/../shared/data``."""
     env = os.environ.get("XSTILTS_DATA_DIR")
-    return Path(env) if env else (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
+    return Path(env).resolve() if env else (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
 
 
 @pytest.fixture(scope="session")
