@@ -26,7 +26,7 @@ from xstilts.graph import (NODE_CONFIGS, Graph, Node, build_graph, node_dir, nod
                            seed_precisions)
 from xstilts.manifest import environment, write_json, write_text_atomically
 from xstilts.phases import RESULT_FILE, is_done, mark_done, read_result
-from xstilts.study import machine_of, node_lock, provenance, write_results
+from xstilts.study import machine_of, node_lock, provenance, read_spec, write_results
 from xstilts.study_spec import StudySpec
 
 EXPORT_FILE = "export.json"
@@ -44,13 +44,7 @@ SPEC_CIRCUMSTANCES = {"data_dir", "workers", "seeds", "log"}
 
 def _read_spec(folder: Path) -> StudySpec:
     """The study.json of a study or export folder."""
-    path = folder / "study.json"
-    try:
-        return StudySpec(**json.loads(path.read_text(encoding="utf-8")))
-    except FileNotFoundError:
-        raise XstiltsError(f"{folder}: no study.json (not a study or export folder)") from None
-    except (ValueError, TypeError, ValidationError) as error:
-        raise XstiltsError(f"{path}: not a valid study spec ({str(error).splitlines()[0]})") from None
+    return read_spec(folder, "is it a study or export folder?")
 
 
 def _where(graph: Graph, node: Node, result: dict) -> tuple[int | None, str, str, str]:

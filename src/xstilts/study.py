@@ -347,13 +347,14 @@ def _rewrite(study_dir: Path) -> str:
     return f"run `xstilts study STUDY.yaml --output {study_dir}` again to rewrite it (finished nodes are kept)"
 
 
-def read_spec(study_dir: Path) -> StudySpec:
-    """A study folder's study.json; a missing, damaged or invalid one is one line."""
-    path = study_dir / "study.json"
+def read_spec(study_dir: Path, fix: str | None = None) -> StudySpec:
+    """A study folder's study.json; a missing, damaged or invalid one is one line ending in `fix` (by default:
+    run the study again)."""
+    path, fix = study_dir / "study.json", fix or _rewrite(study_dir)
     try:
-        return StudySpec(**read_json(path, _rewrite(study_dir)))
+        return StudySpec(**read_json(path, fix))
     except ValidationError as error:
-        raise XstiltsError(f"{validation_message(path, error)}; {_rewrite(study_dir)}") from None
+        raise XstiltsError(f"{validation_message(path, error)}; {fix}") from None
 
 
 def _read_graph(study_dir: Path) -> dict[str, dict]:
