@@ -108,11 +108,12 @@ def test_the_cheapest_design_trades_seeds_against_test_items(tmp_path: Path, sha
     plan = load_plan(_pilot(tmp_path))
     planted = replace(plan, estimate=replace(plan.estimate, train_variance=train_std ** 2, item_variance=item_se ** 2))
     spec = _planned(shared_data_dir)
-    options = designs(spec, planted, 3.0, "xnli/test", row_counter(spec))
+    counter = row_counter(spec)  # one reading of the data for every design
+    options = designs(spec, planted, 3.0, "xnli/test", counter)
     assert [d.items for d in options] == sizes
     for design in options:
         needed = seeds_needed(planted.estimate, 0.03, planted.pilot_items / design.items)
         assert design.seeds == max(MIN_DESIGN_SEEDS, needed)
         assert design.seconds == study_seconds(with_items(spec, "xnli/test", None if design.items == 5010 else design.items),
-                                               design.seeds, planted)
+                                               design.seeds, planted, counter)
     assert min(options, key=lambda d: d.total).items == expected_items
