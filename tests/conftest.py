@@ -20,6 +20,7 @@ os.environ["XSTILTS_CPU_THREADS"] = str(TEST_THREADS)
 MAX_WORKERS = 4
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, absent without it
 def pytest_xdist_auto_num_workers(config) -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(MAX_WORKERS, cores))

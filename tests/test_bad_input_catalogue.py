@@ -162,23 +162,51 @@ def _two_ranks(tmp_path: Path, monkeypatch) -> None:
         expected.append(torch.rand(4))
     monkeypatch.setattr(torch.distributed, "all_gather_object", lambda found, value: found.__setitem__(
         slice(None), [state.clone() for state in states]))
-    gathered = rank_rng_states(Ranks(0, 2))
-    assert [torch.equal(a, b) for a, b in zip(gathered, states)] == [True, True]
+    cpu = torch.device("cpu")
+    gathered = rank_rng_states(Ranks(0, 2), cpu)
+    assert list(gathered) == ["rng"]  # no device generator on a CPU
+    assert [torch.equal(a, b) for a, b in zip(gathered["rng"], states)] == [True, True]
     path = tmp_path / STATE_FILE
-    torch.save({"rng": gathered}, path)
-    saved = load_training_state(path)["rng"]
+    torch.save(gathered, path)
+    saved = load_training_state(path)
     for rank in (1, 0):
         torch.manual_seed(7)  # whatever this process drew since
-        restore_rng(saved, Ranks(rank, 2), path)
+        restore_rng(saved, Ranks(rank, 2), path, cpu)
         assert torch.equal(torch.rand(4), expected[rank])
-    alone = rank_rng_states(Ranks())  # one process: a list of one
+    alone = rank_rng_states(Ranks(), cpu)["rng"]  # one process: a list of one
     assert len(alone) == 1 and torch.equal(alone[0], torch.get_rng_state())
-    restore_rng(states[1], Ranks(), path)  # a checkpoint from before the list: one process only
+    restore_rng({"rng": states[1]}, Ranks(), path, cpu)  # a checkpoint from before the list: one process only
     assert torch.equal(torch.rand(4), expected[1])
-    for wrong in (states[0], saved[:1], "rng"):
+    for wrong in (states[0], saved["rng"][:1], "rng"):
         with pytest.raises(XstiltsError) as excinfo:
-            restore_rng(wrong, Ranks(1, 2), path)
+            restore_rng({"rng": wrong}, Ranks(1, 2), path, cpu)
         one_line_error(excinfo, str(path), "holds no random state for each of 2 process(es)", "delete")
+
+
+def test_a_gpu_checkpoint_holds_and_restores_the_devices_random_state(tmp_path, monkeypatch):
+    """On a GPU, dropout draws from the device's generator: its state is saved beside the CPU's and restored
+    to the same device; a CPU checkpoint resumed on a GPU leaves the device's generator alone. (No GPU here:
+    torch.cuda's state calls are replaced by a generator of this process standing in for the device's.)"""
+    gpu, standing_in = torch.device("cuda", 0), torch.Generator().manual_seed(11)
+    calls = []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: calls.append(("get", device)) or
+                        standing_in.get_state())
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: calls.append(("set", device)) or
+                        standing_in.set_state(state))
+    with torch.random.fork_rng(devices=[]):
+        saved = rank_rng_states(Ranks(), gpu)
+        path = tmp_path / STATE_FILE
+        torch.save(saved, path)
+        expected = torch.rand(3, generator=standing_in)
+        standing_in.manual_seed(99)  # the device drew other numbers since
+        restore_rng(load_training_state(path), Ranks(), path, gpu)
+        assert torch.equal(torch.rand(3, generator=standing_in), expected)
+        assert calls == [("get", gpu), ("set", gpu)]
+        restore_rng({"rng": saved["rng"]}, Ranks(), path, gpu)  # made on a CPU: the device's state untouched
+        assert calls == [("get", gpu), ("set", gpu)]
+        with pytest.raises(XstiltsError) as excinfo:
+            restore_rng({**saved, "cuda_rng": "damaged"}, Ranks(), path, gpu)
+        one_line_error(excinfo, str(path), "holds no random state for each of 1 process(es)")
 
 
 # --- c. a study's and a run's own files ------------------------------------------------------------------------------

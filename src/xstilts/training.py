@@ -118,9 +118,9 @@ def _optimizer(model: MultiHeadModel, config: TrainConfig) -> torch.optim.AdamW:
 
 
 def _save_checkpoint(out_dir: Path, model: MultiHeadModel, optimizer, scheduler, state: TrainState,
-                     fingerprint: dict, average: WeightAverage | None, rng: list[torch.Tensor]) -> None:
+                     fingerprint: dict, average: WeightAverage | None, rng: dict[str, list[torch.Tensor]]) -> None:
     """Atomically replace the phase's checkpoint (weights apart from the training state); `rng`: every rank's
-    random state, indexed by rank (`rank_rng_states`)."""
+    random states, indexed by rank (`rank_rng_states`)."""
     tmp = out_dir / (CHECKPOINT_DIR + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save(tmp)
@@ -128,7 +128,7 @@ def _save_checkpoint(out_dir: Path, model: MultiHeadModel, optimizer, scheduler,
         state.averaged = average.count
         save_file(average.sums, str(tmp / AVERAGE_FILE))
     torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng,
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **rng,
          "state": state.__dict__, "fingerprint": fingerprint},
         tmp / STATE_FILE,
     )
@@ -153,24 +153,36 @@ def load_training_state(path: Path) -> dict:
                            "to start this phase over") from None
 
 
-def rank_rng_states(ranks: Ranks) -> list[torch.Tensor]:
-    """Every rank's random state (its dropout stream), indexed by rank, for rank 0 to save (a collective)."""
-    return ranks.gather(torch.get_rng_state())
+def rank_rng_states(ranks: Ranks, device: torch.device) -> dict[str, list[torch.Tensor]]:
+    """Every rank's random states (its dropout stream), indexed by rank, for rank 0 to save (a collective):
+    `rng` the CPU generator's and, on a GPU, `cuda_rng` the device's (dropout there draws from it)."""
+    states = {"rng": ranks.gather(torch.get_rng_state())}
+    if device.type == "cuda":
+        states["cuda_rng"] = ranks.gather(torch.cuda.get_rng_state(device))
+    return states
 
 
-def restore_rng(saved: object, ranks: Ranks, path: Path) -> None:
-    """Set this rank's own random state from a checkpoint's per-rank list; a single state (a checkpoint from
-    before the list) serves a single process only."""
+def _own_state(saved: object, ranks: Ranks, path: Path) -> torch.Tensor:
+    """This rank's state from a per-rank list; a single state (a checkpoint from before the list) serves a
+    single process only."""
     states = [saved] if isinstance(saved, torch.Tensor) else saved
     if not isinstance(states, list) or len(states) != ranks.world or \
             not all(isinstance(value, torch.Tensor) for value in states):
         raise XstiltsError(f"{path}: holds no random state for each of {ranks.world} process(es); delete "
                            f"{path.parent} to start this phase over")
-    torch.set_rng_state(states[ranks.rank])
+    return states[ranks.rank]
+
+
+def restore_rng(saved: dict, ranks: Ranks, path: Path, device: torch.device) -> None:
+    """Set this rank's own random states from a training state's `rng` (and, on a GPU, `cuda_rng`: a
+    checkpoint made on a CPU has none, and its GPU resume draws other dropout masks)."""
+    torch.set_rng_state(_own_state(saved["rng"], ranks, path))
+    if device.type == "cuda" and "cuda_rng" in saved:
+        torch.cuda.set_rng_state(_own_state(saved["cuda_rng"], ranks, path), device)
 
 
 def _resume(out_dir: Path, model: MultiHeadModel, optimizer, scheduler, fingerprint: dict,
-            average: WeightAverage | None, ranks: Ranks) -> TrainState:
+            average: WeightAverage | None, ranks: Ranks, device: torch.device) -> TrainState:
     """Load the checkpoint if there is one (and it was made with the same settings), else a fresh state; a
     state of the wrong structure or damaged weights are one line saying to delete the checkpoint."""
     directory = out_dir / CHECKPOINT_DIR
@@ -188,7 +200,7 @@ def _resume(out_dir: Path, model: MultiHeadModel, optimizer, scheduler, fingerpr
         model.load_state_dict(weights)
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
-        restore_rng(saved["rng"], ranks, path)
+        restore_rng(saved, ranks, path, device)
         state = TrainState(**saved["state"])
     except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as error:
         first = " ".join(str(error).split())[:160] or type(error).__name__
@@ -261,7 +273,7 @@ def _train(model: MultiHeadModel, tasks: list[TrainTask], config: TrainConfig, o
                    **({"world_size": ranks.world} if ranks.world > 1 else {})}  # as before for one process
     average = WeightAverage() if config.average_from is not None else None
     average_start = math.ceil(config.average_from * total_steps) if average is not None else None
-    state = _resume(out_dir, model, optimizer, scheduler, fingerprint, average, ranks)
+    state = _resume(out_dir, model, optimizer, scheduler, fingerprint, average, ranks, device)
     if state.step:
         print(f"{description}: resuming at step {state.step}/{total_steps}", file=sys.stderr)
     tracker.begin(state.step, state.curve, state.history)
@@ -339,7 +351,7 @@ def _train(model: MultiHeadModel, tasks: list[TrainTask], config: TrainConfig, o
         if finished:
             break
         if state.step % config.checkpoint_every == 0:
-            rng = rank_rng_states(ranks)  # every rank takes part; rank 0 saves
+            rng = rank_rng_states(ranks, device)  # every rank takes part; rank 0 saves
             if ranks.main:
                 _save_checkpoint(out_dir, model, optimizer, scheduler, state, fingerprint, average, rng)
     progress.close()
