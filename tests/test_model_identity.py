@@ -69,3 +69,30 @@ def test_hub_data_is_keyed_by_the_revision_it_resolves_to(monkeypatch):
     assert input_fingerprint(pinned, "train", language, None).endswith("@v1.0")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert "@" not in input_fingerprint(spec, "train", language, None)
+
+
+def test_a_hub_folder_is_keyed_by_its_files_not_its_place(tmp_path):
+    """A Hub source that is a folder in the data folder (`./FOLDER`): the same files in another data folder
+    key the same, a changed file re-keys, and a hidden file (a cache beside the data) does not."""
+    import shutil
+
+    from xstilts.tasks import load_registry
+    from xstilts.tasks.readers import input_fingerprint
+
+    squad = load_registry().get("squad")
+    spec = squad.model_copy(update={"hub": squad.hub.model_copy(update={"path": "./squad-saved"})})
+    language = spec.languages[0]
+    here, there = tmp_path / "here", tmp_path / "there"
+    (here / "squad-saved" / "train").mkdir(parents=True)
+    (here / "squad-saved" / "train" / "data.jsonl").write_text('{"id": 1}\n')
+    (here / "squad-saved" / "dataset_info.json").write_text("{}\n")
+    shutil.copytree(here, there)
+    key = input_fingerprint(spec, "train", language, here)
+    assert key.startswith("hub:./squad-saved/") and "@sha256:" in key
+    assert input_fingerprint(spec, "train", language, there) == key
+    (there / "squad-saved" / ".cache").mkdir()
+    (there / "squad-saved" / ".cache" / "arrow").write_text("anything")
+    assert input_fingerprint(spec, "train", language, there) == key
+    # another size: digests are remembered by size and modification time, which one clock tick may not change
+    (there / "squad-saved" / "train" / "data.jsonl").write_text('{"id": 22}\n')
+    assert input_fingerprint(spec, "train", language, there) != key

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.metadata
+import functools
 import hashlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -72,6 +73,29 @@ def file_sha256(path: Path) -> str:
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=4096)
+def _remembered_sha256(path: Path, modified_ns: int, size: int) -> str:
+    return file_sha256(path)
+
+
+def remembered_file_sha256(path: Path) -> str:
+    """`file_sha256`, computed once per process for a file's path, size and modification time."""
+    stat = path.stat()
+    return _remembered_sha256(path.resolve(), stat.st_mtime_ns, stat.st_size)
+
+
+def folder_sha256(folder: Path, recursive: bool = False) -> str:
+    """SHA-256 over (name relative to `folder`, SHA-256) of its files, hidden ones (and hidden folders) aside:
+    its top level, or every level when `recursive`. The same files at another path give the same digest."""
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    files = sorted(path.relative_to(folder).as_posix() for path in found if path.is_file()
+                   and not any(part.startswith(".") for part in path.relative_to(folder).parts))
+    digest = hashlib.sha256()
+    for name in files:
+        digest.update(f"{name}\0{remembered_file_sha256(folder / name)}\n".encode())
     return digest.hexdigest()
 
 

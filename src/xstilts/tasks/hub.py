@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from xstilts.errors import XstiltsError
+from xstilts.manifest import folder_sha256
 from xstilts.tasks.records import Record, Records
 from xstilts.tasks.spec import HubSource, TaskSpec
 
@@ -36,13 +37,17 @@ def hub_location(spec: TaskSpec, data_dir: Path | None) -> str:
     return str(folder)
 
 
-def hub_revision(source: HubSource) -> str | None:
-    """The commit a Hub data set's reads resolve to: `revision` as the task pins it, else the Hub's latest commit
-    when online (asked once per process), else None (offline, unreachable, or a local folder)."""
+def hub_revision(spec: TaskSpec, data_dir: Path | None) -> str | None:
+    """What a task's Hub reads resolve to: `revision` as the task pins it; for a folder (`./FOLDER` in the data
+    folder, or an absolute one) `sha256:` of its files, so changed files re-key what reads them and the same
+    files elsewhere do not; else the Hub's latest commit when online (asked once per process), or None
+    (offline or unreachable)."""
+    source = spec.hub
     if source.revision is not None:
         return source.revision
-    if source.path.startswith(("./", "/", "~")) or any(os.environ.get(flag, "") not in ("", "0") for flag in
-                                                       ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+    if source.path.startswith(("./", "/", "~")):
+        return f"sha256:{folder_sha256(Path(hub_location(spec, data_dir)), recursive=True)}"
+    if any(os.environ.get(flag, "") not in ("", "0") for flag in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
         return None
     return _latest_commit(source.path)
 

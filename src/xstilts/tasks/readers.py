@@ -6,7 +6,6 @@ from __future__ import annotations
 import bz2
 import csv
 import dataclasses
-import functools
 import json
 import os
 import sys
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from xstilts.errors import XstiltsError
-from xstilts.manifest import file_sha256
+from xstilts.manifest import file_sha256, remembered_file_sha256
 from xstilts.tasks.hub import hub_location, hub_revision, read_hub
 from xstilts.tasks.records import Record, Records
 from xstilts.tasks.spec import Example, LocalSource, TaskSpec
@@ -57,14 +56,10 @@ def local_path(spec: TaskSpec, split: str, language: str, data_dir: Path, templa
     return path
 
 
-@functools.lru_cache(maxsize=1024)
-def _file_sha256_cached(path: Path, modified_ns: int, size: int) -> str:
-    return file_sha256(path)
-
-
 def input_fingerprint(spec: TaskSpec, split: str, language: str, data_dir: Path | None, source: str = "auto") -> str:
     """What reading a split depends on besides the spec: the local file's SHA-256 ('missing' if absent), or
-    the Hub address with the revision it resolves to (`hub.hub_revision`: pinned, or the latest when online)."""
+    the Hub address with the revision it resolves to (`hub.hub_revision`: pinned, the latest when online, or
+    a folder's files' SHA-256)."""
     spec = spec.for_language(language)
     if reads_local(spec, data_dir, source) and split in spec.local.files and data_dir is not None:
         paths = [local_path(spec, split, language, data_dir)]
@@ -74,11 +69,10 @@ def input_fingerprint(spec: TaskSpec, split: str, language: str, data_dir: Path 
             paths.append(local_path(spec, split, language, data_dir, spec.local.labels_from.file))
         if not all(path.is_file() for path in paths):
             return "missing"
-        return "+".join(_file_sha256_cached(path.resolve(), path.stat().st_mtime_ns, path.stat().st_size)
-                        for path in paths)
+        return "+".join(remembered_file_sha256(path) for path in paths)
     if spec.hub is not None and split in spec.hub.splits:
         name = spec.hub.name.format(language=language) if spec.hub.name else ""
-        revision = hub_revision(spec.hub)
+        revision = hub_revision(spec, data_dir)
         return f"hub:{spec.hub.path}/{name}/{spec.hub.splits[split]}" + (f"@{revision}" if revision else "")
     return "missing"
 
