@@ -90,12 +90,12 @@ def remembered_file_sha256(path: Path) -> str:
 def folder_sha256(folder: Path, recursive: bool = False) -> str:
     """SHA-256 over (name relative to `folder`, SHA-256) of its files, hidden ones (and hidden folders) aside:
     its top level, or every level when `recursive`. The same files at another path give the same digest."""
-    found = folder.rglob("*") if recursive else folder.iterdir()
-    files = sorted(path.relative_to(folder).as_posix() for path in found if path.is_file()
-                   and not any(part.startswith(".") for part in path.relative_to(folder).parts))
+    found = (path.relative_to(folder) for path in (folder.rglob("*") if recursive else folder.iterdir()))
+    files = sorted((name for name in found if (folder / name).is_file()
+                    and not any(part.startswith(".") for part in name.parts)), key=Path.as_posix)
     digest = hashlib.sha256()
     for name in files:
-        digest.update(f"{name}\0{remembered_file_sha256(folder / name)}\n".encode())
+        digest.update(f"{name.as_posix()}\0{remembered_file_sha256(folder / name)}\n".encode())
     return digest.hexdigest()
 
 
