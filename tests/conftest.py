@@ -22,8 +22,9 @@ MAX_WORKERS = 4
 
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, absent without it
 def pytest_xdist_auto_num_workers(config) -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(MAX_WORKERS, cores))
+    from xstilts.cpu import usable_cores
+
+    return min(MAX_WORKERS, usable_cores())
 
 
 @pytest.fixture(scope="session")

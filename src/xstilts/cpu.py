@@ -43,6 +43,11 @@ def _proc_times() -> tuple[int, int, int] | None:
     return total, busy, int(own[11]) + int(own[12])  # utime + stime
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, where the OS tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 class CpuThreads:
     """Sets PyTorch's thread count to the cores other processes leave free (`adapt`, at most every
     RECHECK_SECONDS unless forced); does nothing on a GPU or when XSTILTS_CPU_THREADS says otherwise."""
@@ -51,7 +56,7 @@ class CpuThreads:
         import torch
 
         self.torch = torch
-        self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        self.cores = usable_cores()
         self.limit = torch.get_num_threads()
         self.setting = os.environ.get(ENVIRONMENT, "auto").strip().lower()
         self.last = _proc_times()
